@@ -1,0 +1,1 @@
+"""kvraft: a strongly consistent key-value store with its own Raft."""

@@ -1,0 +1,331 @@
+"""RaftCore: a pure, deterministic Raft state machine (messages in, work out).
+
+The core never performs I/O, reads a clock or draws randomness of its own: time is
+``tick()``, randomness comes from the ``rng`` passed in, and all work it wants done
+(persisting, sending, applying) is returned by ``ready()`` as a :class:`Ready`, whose
+docstring states the ordering contract. This is the design of etcd-io/raft's RawNode.
+
+Features: randomized election timeouts, pre-vote, check-quorum with leader leases
+(a partitioned node rejoining cannot depose a healthy leader), batched and pipelined
+replication with a bounded in-flight window, fast conflict backtracking, commit of
+current-term entries only, ReadIndex reads confirmed by a quorum (batched: one round
+of acknowledgements confirms every read registered before it), leadership transfer,
+and snapshot hand-off.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kvraft.raft import roles
+from kvraft.raft.errors import InvariantViolation, NotLeader, ProposalDropped
+from kvraft.raft.log import RaftLog
+from kvraft.raft.progress import Inflights, Progress, ProgressState
+from kvraft.raft.quorum import VoteResult, committed_index, majority, vote_result
+from kvraft.raft.roles import PendingRead
+from kvraft.raft.types import (
+    NONE,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    ReadState,
+    Ready,
+    Role,
+    SnapshotMeta,
+    SoftState,
+)
+
+
+class Rng(Protocol):
+    """The slice of ``random.Random`` the core uses."""
+
+    def randrange(self, start: int, stop: int, /) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Tunables of one replica. Time is counted in ticks."""
+
+    id: int
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_msg_bytes: int = 1 << 20
+    max_inflight_msgs: int = 256
+    max_inflight_bytes: int = 64 << 20
+    max_apply_bytes: int = 64 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def __post_init__(self) -> None:
+        if self.id <= 0:
+            raise ValueError("node id must be a positive integer")
+        if self.heartbeat_ticks <= 0 or self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError("need 0 < heartbeat_ticks < election_ticks")
+
+
+@dataclass(slots=True)
+class InitialState:
+    """What a replica restarts from: its durable state (or a fresh bootstrap)."""
+
+    conf: ConfState
+    hard_state: HardState = HardState()
+    snapshot: SnapshotMeta | None = None
+    entries: Sequence[Entry] = ()
+    applied: int = 0
+
+
+@dataclass(slots=True)
+class Status:
+    id: int
+    role: Role
+    term: int
+    vote: int
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    snapshot_index: int
+    progress: dict[int, tuple[int, int, str]] = field(default_factory=dict)
+    """For a leader: peer -> (match, next, state)."""
+
+
+class RaftCore:
+    """One replica's Raft state machine. See the module docstring."""
+
+    def __init__(self, config: Config, rng: Rng, state: InitialState) -> None:
+        self.cfg = config
+        self.id = config.id
+        self.rng = rng
+        snap = state.snapshot
+        self.log = RaftLog(
+            snapshot_index=snap.index if snap else 0,
+            snapshot_term=snap.term if snap else 0,
+            entries=state.entries,
+            applied=state.applied,
+        )
+        self.conf = snap.conf if snap else state.conf
+        self.term = state.hard_state.term
+        self.vote = state.hard_state.vote
+        self.role = Role.FOLLOWER
+        self.leader = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_timeout = config.election_ticks
+        self.votes: dict[int, bool] = {}
+        self.prs: dict[int, Progress] = {}
+        self.msgs: list[Message] = []
+        self.read_seq = 0
+        self.pending_reads: deque[PendingRead] = deque()
+        self.reads_before_commit: list[int] = []
+        self.read_states: list[ReadState] = []
+        self.dropped_reads: list[int] = []
+        self.bcast_pending = False
+        self.read_bcast_pending = False
+        self.transferee = NONE
+        self.transfer_elapsed = 0
+        self.snapshot_to_install: SnapshotMeta | None = None
+        self.persisted_hard = HardState(self.term, self.vote)
+        self.reported_soft = SoftState(NONE, Role.FOLLOWER, self.term)
+        self._reset_randomized_timeout()
+
+    # --- public API ---------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        if self.role == Role.LEADER:
+            roles.tick_leader(self)
+        else:
+            roles.tick_election(self)
+
+    def step(self, m: Message) -> None:
+        """Feed one message received from a peer."""
+        roles.step(self, m)
+
+    def propose(self, data: bytes, kind: int = EntryKind.NORMAL) -> tuple[int, int]:
+        """Append a command to the leader's log; returns its (index, term).
+
+        The command is committed once a quorum has it durably; it may still be lost if
+        leadership changes first (the entry at ``index`` then has another term).
+        Raises NotLeader on a non-leader, ProposalDropped during a transfer.
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader, self.term)
+        if self.transferee != NONE:
+            raise ProposalDropped(f"leadership transfer to {self.transferee} in progress")
+        entry = Entry(self.log.last_index() + 1, self.term, data, kind)
+        self.append_local([entry])
+        return entry.index, entry.term
+
+    def read_index(self, ctx: int) -> None:
+        """Ask to serve a linearizable read identified by ``ctx``.
+
+        The read appears in ``Ready.read_states`` as (ctx, index) once a quorum has
+        confirmed this replica still leads, with ``index`` = the commit index when the
+        read was registered; serve it once the applied index reaches ``index``.
+        If leadership is lost first, ``ctx`` appears in ``Ready.dropped_reads``.
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader, self.term)
+        if self.log.term(self.log.committed) != self.term:
+            self.reads_before_commit.append(ctx)
+            return
+        roles.register_read(self, ctx)
+
+    def transfer_leadership(self, target: int) -> None:
+        """Hand leadership to ``target`` once it is caught up (best effort)."""
+        roles.transfer_leadership(self, target)
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        """The runtime finished (or failed) streaming a snapshot to ``peer``."""
+        pr = self.prs.get(peer)
+        if self.role != Role.LEADER or pr is None or pr.state != ProgressState.SNAPSHOT:
+            return
+        if not ok:
+            pr.pending_snapshot = 0
+        pr.become_probe()
+        pr.probe_sent = True  # wait for the follower's answer or the next heartbeat
+
+    def report_unreachable(self, peer: int) -> None:
+        """The transport could not deliver to ``peer``: stop streaming optimistically."""
+        pr = self.prs.get(peer)
+        if self.role == Role.LEADER and pr is not None and pr.state == ProgressState.REPLICATE:
+            pr.become_probe()
+
+    def compact(self, index: int) -> None:
+        """The runtime holds a durable snapshot at ``index``: drop the log up to it."""
+        self.log.compact(index)
+
+    def has_ready(self) -> bool:
+        log = self.log
+        return bool(
+            self.msgs
+            or self.bcast_pending
+            or self.read_bcast_pending
+            or self.read_states
+            or self.dropped_reads
+            or self.snapshot_to_install
+            or max(log.stable, log.persisting) < log.last_index()
+            or log.applying < log.committed
+            or HardState(self.term, self.vote) != self.persisted_hard
+            or self._soft() != self.reported_soft
+        )
+
+    def ready(self) -> Ready:
+        """Collect the pending work; see :class:`Ready` for the ordering contract."""
+        if self.bcast_pending:
+            self.bcast_pending = False
+            roles.bcast_append(self)
+        if self.read_bcast_pending:
+            self.read_bcast_pending = False
+            roles.bcast_heartbeat(self)
+        rd = Ready()
+        hs = HardState(self.term, self.vote)
+        if hs != self.persisted_hard:
+            rd.hard_state = hs
+        rd.snapshot = self.snapshot_to_install
+        rd.entries = self.log.unstable_entries()
+        rd.messages, self.msgs = self.msgs, []
+        rd.committed = self.log.committed_to_apply(self.cfg.max_apply_bytes)
+        rd.read_states, self.read_states = self.read_states, []
+        rd.dropped_reads, self.dropped_reads = self.dropped_reads, []
+        soft = self._soft()
+        if soft != self.reported_soft:
+            rd.soft_state = self.reported_soft = soft
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The runtime has done everything ``rd`` asked for."""
+        if rd.hard_state is not None:
+            self.persisted_hard = rd.hard_state
+        if rd.snapshot is not None and rd.snapshot == self.snapshot_to_install:
+            self.snapshot_to_install = None
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+        if rd.committed:
+            self.log.applied_to(rd.committed[-1].index)
+        if self.role == Role.LEADER:
+            pr = self.prs[self.id]
+            if pr.maybe_update(self.log.stable):
+                roles.maybe_commit(self)
+
+    def status(self) -> Status:
+        st = Status(
+            id=self.id, role=self.role, term=self.term, vote=self.vote, leader=self.leader,
+            commit=self.log.committed, applied=self.log.applied,
+            last_index=self.log.last_index(), snapshot_index=self.log.snapshot_index,
+        )
+        if self.role == Role.LEADER:
+            st.progress = {p: (pr.match, pr.next, pr.state.name) for p, pr in self.prs.items()}
+        return st
+
+    # --- helpers used by the role handlers ------------------------------------------
+
+    def send(self, m: Message) -> None:
+        self.msgs.append(m)
+
+    def append_local(self, entries: list[Entry]) -> None:
+        """Leader appends its own entries; it counts itself once they are durable."""
+        self.log.append(entries)
+        self.bcast_pending = True
+
+    def quorum(self) -> int:
+        return majority(len(self.conf.voters))
+
+    def committed_by_quorum(self) -> int:
+        return committed_index(self.conf.voters, {p: pr.match for p, pr in self.prs.items()})
+
+    def vote_outcome(self) -> VoteResult:
+        return vote_result(self.conf.voters, self.votes)
+
+    def reset(self, term: int) -> None:
+        if self.term != term:
+            self.term = term
+            self.vote = NONE
+        self.leader = NONE
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self.votes = {}
+        self.transferee = NONE
+        self.bcast_pending = False
+        self.read_bcast_pending = False
+        self._drop_reads()
+        last = self.log.last_index()
+        self.prs = {}
+        for p in self.conf.all_nodes():
+            pr = Progress(match=0, next=last + 1, inflights=Inflights(
+                self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes))
+            if p == self.id:
+                pr.match = self.log.stable
+            self.prs[p] = pr
+
+    def _drop_reads(self) -> None:
+        self.dropped_reads.extend(r.ctx for r in self.pending_reads)
+        self.dropped_reads.extend(self.reads_before_commit)
+        self.pending_reads.clear()
+        self.reads_before_commit = []
+
+    def _reset_randomized_timeout(self) -> None:
+        e = self.cfg.election_ticks
+        self.randomized_timeout = e + self.rng.randrange(0, e)
+
+    def _soft(self) -> SoftState:
+        return SoftState(self.leader, self.role, self.term)
+
+    def promotable(self) -> bool:
+        return self.id in self.conf.voters
+
+    def add_read_state(self, ctx: int, index: int) -> None:
+        self.read_states.append(ReadState(ctx, index))
+
+    def check_invariants(self) -> None:
+        self.log.check_invariants()
+        if self.role == Role.LEADER and self.leader != self.id:
+            raise InvariantViolation("leader does not name itself")
+

@@ -1,0 +1,170 @@
+"""Value types shared by the Raft core, the simulator and the transport.
+
+Everything here is plain data: no behaviour beyond small helpers, no I/O.
+Node ids are positive integers; ``NONE`` (0) means "no node".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import NamedTuple
+
+NONE = 0
+"""The node id that means "nobody" (no vote cast, no leader known)."""
+
+
+class EntryKind(IntEnum):
+    NORMAL = 0
+    """A state-machine command; empty ``data`` is a no-op (a new leader appends one)."""
+    CONF = 1
+    """A membership change; ``data`` is an encoded :class:`ConfState`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. ``index`` starts at 1; ``term`` is the leader's term when appended."""
+
+    index: int
+    term: int
+    data: bytes = b""
+    kind: int = EntryKind.NORMAL
+
+    def size_bytes(self) -> int:
+        """Approximate wire size, used for batching limits."""
+        return len(self.data) + 24
+
+
+class HardState(NamedTuple):
+    """The state that must be durable before any message depending on it is sent."""
+
+    term: int = 0
+    vote: int = NONE
+
+
+class ConfState(NamedTuple):
+    """Group membership: voters count toward quorums, learners only receive the log."""
+
+    voters: frozenset[int]
+    learners: frozenset[int] = frozenset()
+
+    def all_nodes(self) -> frozenset[int]:
+        return self.voters | self.learners
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """Describes a state-machine snapshot covering every entry up to ``index``."""
+
+    index: int
+    term: int
+    conf: ConfState
+
+
+class MsgType(IntEnum):
+    PRE_VOTE = 1
+    PRE_VOTE_RESP = 2
+    VOTE = 3
+    VOTE_RESP = 4
+    APP = 5
+    APP_RESP = 6
+    HEARTBEAT = 7
+    HEARTBEAT_RESP = 8
+    SNAP = 9
+    TIMEOUT_NOW = 10
+
+
+@dataclass(slots=True)
+class Message:
+    """A Raft message between two replicas of one group.
+
+    Field use by type:
+
+    - ``APP``: ``index``/``log_term`` identify the entry preceding ``entries``;
+      ``commit`` is the leader's commit index; ``ctx`` is the leader's read sequence.
+    - ``APP_RESP``: ``index`` is the last index the follower now matches (success) or the
+      rejected ``index`` (``reject``), with ``hint``/``log_term`` for fast backtracking;
+      ``ctx`` echoes the request's.
+    - ``HEARTBEAT``: ``commit`` and ``ctx``; ``HEARTBEAT_RESP`` echoes ``ctx``.
+    - ``VOTE``/``PRE_VOTE``: ``index``/``log_term`` are the candidate's last entry.
+    - ``SNAP``: ``snapshot`` describes the snapshot the sender's runtime streams separately.
+    """
+
+    type: MsgType
+    to: int
+    frm: int
+    term: int
+    log_term: int = 0
+    index: int = 0
+    commit: int = 0
+    reject: bool = False
+    hint: int = 0
+    ctx: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: SnapshotMeta | None = None
+
+
+class Role(IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+class SoftState(NamedTuple):
+    """Volatile state the runtime watches to notice leadership changes."""
+
+    leader: int
+    role: Role
+    term: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read confirmed by a quorum: serve ``ctx`` once applied >= ``index``."""
+
+    ctx: int
+    index: int
+
+
+@dataclass(slots=True)
+class Ready:
+    """Work the runtime must do, returned by ``RaftCore.ready()``.
+
+    Ordering contract (the safety of the whole system rests on it):
+
+    1. If ``snapshot`` is set, install it (durably) first.
+    2. Persist ``hard_state`` (if set) and ``entries`` in one durable write. Storage
+       first deletes every stored entry whose index is >= ``entries[0].index``
+       (a conflicting suffix), then stores ``entries``.
+    3. Only then send ``messages``: they may reveal the vote, term or entries above.
+    4. Apply ``committed`` to the state machine in order (they are already durable
+       locally after step 2).
+    5. Serve ``read_states`` once the applied index reaches each one's ``index``.
+    6. Call ``RaftCore.advance(ready)``.
+
+    ``ready()`` must not be called again before ``advance()``; the core may be stepped,
+    ticked and proposed to in between (new work appears in the next ``Ready``).
+    """
+
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: SnapshotMeta | None = None
+    messages: list[Message] = field(default_factory=list)
+    committed: list[Entry] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    soft_state: SoftState | None = None
+    dropped_reads: list[int] = field(default_factory=list)
+    """Read contexts that can no longer be served here (leadership lost)."""
+
+    def is_empty(self) -> bool:
+        return not (
+            self.hard_state
+            or self.entries
+            or self.snapshot
+            or self.messages
+            or self.committed
+            or self.read_states
+            or self.soft_state
+            or self.dropped_reads
+        )
