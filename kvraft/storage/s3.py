@@ -5,24 +5,18 @@ Object layout, under ``bucket`` and an optional ``prefix``::
     <prefix>/<cluster>/group-<gid>/snapshots/<index:020d>-<term:020d>.sqlite
     <prefix>/<cluster>/group-<gid>/snapshots/<index:020d>-<term:020d>.manifest.json
 
-Zero-padding makes lexical key order equal to (index, term) order.  The data
-object (``.sqlite``) is always uploaded first; the manifest is written only
-after the data object is complete, so *a manifest's presence means the
-snapshot is complete*.  Data objects without a (valid) manifest are ignored by
-:meth:`S3SnapshotStore.list`, :meth:`~S3SnapshotStore.latest` and
-:meth:`~S3SnapshotStore.select`, and are removed by
-:meth:`~S3SnapshotStore.apply_retention` once they are older than the oldest
-kept snapshot.
+Zero-padding makes lexical key order equal to (index, term) order.  The
+manifest is written only after the data object is complete, so a manifest's
+presence means the snapshot is complete; objects without a valid manifest are
+ignored when listing and removed by retention once older than the oldest kept
+snapshot.
 
-Failure contract: every S3 or network failure surfaces as a
-:class:`SnapshotStoreError` subclass; transient ones (endpoint unreachable,
-timeouts, throttling, HTTP 5xx) as :class:`StoreUnavailable`, so a replica can
-count and log the failure and retry later instead of crashing.  Errors on
-local paths (missing source file, unwritable destination) are raised as the
-usual :class:`OSError`.  Invalid arguments raise :class:`ValueError`.
-
-All methods block; asyncio callers should run them in a worker thread
-(``asyncio.to_thread``).  A store instance may be shared between threads.
+Every S3 or network failure surfaces as a :class:`SnapshotStoreError`;
+transient ones (unreachable endpoint, timeouts, throttling, HTTP 5xx) as
+:class:`StoreUnavailable`, so a replica can count, log and retry later instead
+of crashing.  Local file errors are plain :class:`OSError`, bad arguments
+:class:`ValueError`.  Methods block (use ``asyncio.to_thread`` from async
+code); a store may be shared between threads.
 """
 
 from __future__ import annotations
@@ -34,6 +28,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -147,6 +142,8 @@ class Manifest:
                 raise CorruptSnapshot(f"{source}: manifest field {name!r} is invalid: {value!r}")
         if "membership" not in data:
             raise CorruptSnapshot(f"{source}: manifest field 'membership' is missing")
+        if not math.isfinite(data["created_unix"]):
+            raise CorruptSnapshot(f"{source}: manifest field 'created_unix' is not finite")
         if not _SHA256_RE.match(data["sha256"]):
             raise CorruptSnapshot(f"{source}: manifest sha256 is not a hex digest")
         fields = {name: data[name] for name, _kind in checks}
@@ -234,34 +231,28 @@ def _remove_quietly(path: str) -> None:
 
 
 class _Progress:
-    """Thread-safe adapter from byte deltas to monotonic ``progress(done, total)`` calls."""
+    """Thread-safe adapter from byte deltas to strictly increasing ``progress(done, total)``."""
 
     def __init__(self, total: int, callback: ProgressCallback | None) -> None:
-        self._total = total
-        self._callback = callback
+        self._total, self._callback = total, callback
         self._lock = threading.Lock()
-        self._done = 0
-        self._reported = -1
+        self._done, self._reported = 0, -1
 
     def add(self, delta: int) -> None:
-        """Account ``delta`` bytes (negative after a retried part) and report if progressed."""
-        if self._callback is None:
-            return
+        """Account ``delta`` bytes (negative when a part is retried); report any progress."""
         with self._lock:
             self._done += delta
-            done = min(max(self._done, 0), self._total)
-            if done > self._reported:
-                self._reported = done
-                self._callback(done, self._total)
+            self._report(min(max(self._done, 0), self._total))
 
     def finish(self) -> None:
-        """Report completion if the last report was short of ``total``."""
-        if self._callback is None:
-            return
+        """Report completion unless already reported."""
         with self._lock:
-            if self._reported < self._total:
-                self._reported = self._total
-                self._callback(self._total, self._total)
+            self._report(self._total)
+
+    def _report(self, done: int) -> None:
+        if self._callback is not None and done > self._reported:
+            self._reported = done
+            self._callback(done, self._total)
 
 
 @dataclasses.dataclass
@@ -337,15 +328,10 @@ class S3SnapshotStore:
         _check_non_negative(group=group)
         return f"{self._cluster_prefix}group-{group}/snapshots/"
 
-    def data_key(self, group: int, index: int, term: int) -> str:
-        """Key of the SQLite data object for ``(group, index, term)``."""
+    def data_key(self, group: int, index: int, term: int, suffix: str = _DATA_SUFFIX) -> str:
+        """Key of the data object (or, with ``suffix=".manifest.json"``, the manifest)."""
         _check_non_negative(index=index, term=term)
-        return f"{self.group_prefix(group)}{index:020d}-{term:020d}{_DATA_SUFFIX}"
-
-    def manifest_key(self, group: int, index: int, term: int) -> str:
-        """Key of the manifest object for ``(group, index, term)``."""
-        _check_non_negative(index=index, term=term)
-        return f"{self.group_prefix(group)}{index:020d}-{term:020d}{_MANIFEST_SUFFIX}"
+        return f"{self.group_prefix(group)}{index:020d}-{term:020d}{suffix}"
 
     def _url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -370,17 +356,21 @@ class S3SnapshotStore:
                 if _error_code(exc)[0] != "BucketAlreadyOwnedByYou":
                     raise
 
-    def _list_keys(self, prefix: str) -> list[str]:
+    def _list(self, prefix: str, delimiter: str = "") -> tuple[list[str], list[str]]:
+        """All keys and common prefixes (with ``delimiter``) under ``prefix``."""
         keys: list[str] = []
+        prefixes: list[str] = []
         with _s3_errors(f"list {self._url(prefix)}"):
             paginator = self._client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            extra = {"Delimiter": delimiter} if delimiter else {}
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
                 keys.extend(obj["Key"] for obj in page.get("Contents", ()))
-        return keys
+                prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
+        return keys, prefixes
 
     def _read_manifest(self, group: int, index: int, term: int) -> Manifest:
         """Fetch and validate one manifest, including that it matches its location."""
-        key = self.manifest_key(group, index, term)
+        key = self.data_key(group, index, term, _MANIFEST_SUFFIX)
         source = self._url(key)
         with _s3_errors(f"read manifest {source}"):
             response = self._client.get_object(Bucket=self.bucket, Key=key)
@@ -388,15 +378,14 @@ class S3SnapshotStore:
                 raw = body.read(_MAX_MANIFEST_BYTES + 1)
         if len(raw) > _MAX_MANIFEST_BYTES:
             raise CorruptSnapshot(f"{source}: manifest larger than {_MAX_MANIFEST_BYTES} bytes")
-        manifest = Manifest.from_json(raw, source=source)
-        m = manifest
+        m = Manifest.from_json(raw, source=source)
         expected = (self.cluster, group, index, term, self.data_key(group, index, term))
         if (m.cluster, m.group, m.index, m.term, m.object_key) != expected:
             raise CorruptSnapshot(
                 f"{source}: manifest describes {m.object_key!r} of cluster {m.cluster!r} "
                 f"group {m.group}, which does not match its location"
             )
-        return manifest
+        return m
 
     def _scan(self, group: int) -> _Scan:
         """List ``group`` and load every manifest whose data object exists."""
@@ -404,7 +393,7 @@ class S3SnapshotStore:
         keys: dict[str, tuple[int, int]] = {}
         manifest_ids: list[tuple[int, int]] = []
         data_ids: set[tuple[int, int]] = set()
-        for key in self._list_keys(prefix):
+        for key in self._list(prefix)[0]:
             match = _NAME_RE.match(key[len(prefix) :])
             if match is None:
                 continue
@@ -419,7 +408,7 @@ class S3SnapshotStore:
             if (index, term) not in data_ids:
                 log.warning(
                     "ignoring manifest without data object: %s",
-                    self._url(self.manifest_key(group, index, term)),
+                    self._url(self.data_key(group, index, term, _MANIFEST_SUFFIX)),
                 )
                 continue
             try:
@@ -443,16 +432,10 @@ class S3SnapshotStore:
     def list_groups(self) -> builtins.list[int]:
         """Group ids that have any object under this cluster's prefix, ascending."""
         groups: set[int] = set()
-        with _s3_errors(f"list groups under {self._url(self._cluster_prefix)}"):
-            paginator = self._client.get_paginator("list_objects_v2")
-            pages = paginator.paginate(
-                Bucket=self.bucket, Prefix=self._cluster_prefix, Delimiter="/"
-            )
-            for page in pages:
-                for common in page.get("CommonPrefixes", ()):
-                    match = _GROUP_RE.match(common["Prefix"][len(self._cluster_prefix) :])
-                    if match is not None:
-                        groups.add(int(match.group(1)))
+        for prefix in self._list(self._cluster_prefix, delimiter="/")[1]:
+            match = _GROUP_RE.match(prefix[len(self._cluster_prefix) :])
+            if match is not None:
+                groups.add(int(match.group(1)))
         return sorted(groups)
 
     def latest(self, group: int) -> Manifest | None:
@@ -477,10 +460,9 @@ class S3SnapshotStore:
         candidates = scan.manifests
         if index is not None:
             candidates = [m for m in candidates if m.index == index]
-            if not candidates:
-                for (bad_index, _term), exc in sorted(scan.corrupt.items(), reverse=True):
-                    if bad_index == index:
-                        raise exc
+            corrupt = [exc for (i, _term), exc in sorted(scan.corrupt.items()) if i == index]
+            if not candidates and corrupt:
+                raise corrupt[-1]
         elif at_or_before_unix is not None:
             candidates = [m for m in candidates if m.created_unix <= at_or_before_unix]
         if not candidates:
@@ -511,6 +493,7 @@ class S3SnapshotStore:
         manifest is written, and ``(new manifest, True)`` is returned.
 
         ``path`` must not change while uploading (it is checked afterwards).
+        Only one node per group should upload at a time (e.g. the leader).
         ``membership`` must be JSON-serialisable.  ``progress`` is called from
         transfer threads with ``(bytes_sent, size)``.
         """
@@ -521,16 +504,9 @@ class S3SnapshotStore:
             raise ValueError(f"membership is not JSON-serialisable: {exc}") from exc
         before = os.stat(path)
         size, digest = _hash_file(path)
-        scan = self._scan(group)
-        for existing in scan.manifests:
-            if (existing.index, existing.term) == (index, term):
-                log.info(
-                    "snapshot %s already exists; not overwriting", self._url(existing.object_key)
-                )
-                return existing, False
-        newest = scan.manifests[-1] if scan.manifests else None
-        if newest is not None and (newest.sha256, newest.size) == (digest, size):
-            return newest, False
+        existing = self._upload_unneeded(group, index, term, size, digest)
+        if existing is not None:
+            return existing, False
         key = self.data_key(group, index, term)
         self._transfer(path, key, size, digest, progress)
         after = os.stat(path)
@@ -553,13 +529,22 @@ class S3SnapshotStore:
             node=node,
         )
         with _s3_errors(f"write manifest {self._url(manifest.manifest_key)}"):
-            self._client.put_object(
-                Bucket=self.bucket,
-                Key=manifest.manifest_key,
-                Body=manifest.to_json().encode(),
-                ContentType="application/json",
-            )
+            body = manifest.to_json().encode()
+            self._client.put_object(Bucket=self.bucket, Key=manifest.manifest_key, Body=body)
         return manifest, True
+
+    def _upload_unneeded(
+        self, group: int, index: int, term: int, size: int, digest: str
+    ) -> Manifest | None:
+        """The existing manifest that makes uploading this snapshot unnecessary, if any."""
+        manifests = self.list(group)
+        for existing in manifests:
+            if (existing.index, existing.term) == (index, term):
+                log.info("snapshot %s exists; not overwriting", self._url(existing.object_key))
+                return existing
+        if manifests and (manifests[-1].sha256, manifests[-1].size) == (digest, size):
+            return manifests[-1]
+        return None
 
     def _transfer(
         self, path: str, key: str, size: int, digest: str, progress: ProgressCallback | None
@@ -651,15 +636,11 @@ class S3SnapshotStore:
                     Bucket=self.bucket,
                     Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
                 )
-            errors = {e["Key"]: e for e in response.get("Errors", ())}
-            for key in batch:
-                if key in errors:
-                    log.warning(
-                        "could not delete %s: %s", self._url(key), errors[key].get("Message")
-                    )
-                    failed.append(key)
-                else:
-                    deleted.append(key)
+            errors = {e["Key"]: e.get("Message") for e in response.get("Errors", ())}
+            for key, message in errors.items():
+                log.warning("could not delete %s: %s", self._url(key), message)
+            failed += [key for key in batch if key in errors]
+            deleted += [key for key in batch if key not in errors]
         return deleted, failed
 
 

@@ -1,0 +1,3 @@
+from kvraft.cli import main
+
+main()

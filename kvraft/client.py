@@ -1,0 +1,323 @@
+"""The Python client library: :class:`AsyncClient` (asyncio) and :class:`Client` (sync).
+
+Both find the leader from any node's hints, retry each operation until its deadline,
+and give every write a session identity (client id, sequence number) that stays the
+same across retries, so a retried write takes effect exactly once — also across
+leader changes and node restarts.
+
+Errors (``kvraft.errors``): ``InvalidArgument``/``TooLarge`` for a bad request (never
+retried), ``Unavailable`` when the cluster could not answer before the deadline, and
+``OutcomeUnknown`` when a write timed out after it may have reached a leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+import yarl
+
+from kvraft import errors
+from kvraft.recorder import HistoryRecorder
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+def _norm_addr(a: str) -> str:
+    a = a.strip()
+    for prefix in ("http://", "https://"):
+        if a.startswith(prefix):
+            a = a[len(prefix):]
+    a = a.rstrip("/")
+    if not a or ":" not in a:
+        raise errors.InvalidArgument(f"bad node address {a!r}: expected HOST:PORT")
+    return a
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise errors.InvalidArgument("key must be a non-empty string")
+    return key
+
+
+def _check_value(value: object) -> str:
+    if not isinstance(value, str):
+        raise errors.InvalidArgument("value must be a string")
+    return value
+
+
+@dataclass(slots=True)
+class _Session:
+    client_id: str
+    next_seq: int = 1
+    inflight: set[int] = field(default_factory=set)
+
+    def begin(self) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        self.inflight.add(seq)
+        return seq
+
+    def ack_below(self) -> int:
+        return min(self.inflight) if self.inflight else self.next_seq
+
+
+class _Attempt:
+    """What one HTTP attempt told us."""
+
+    __slots__ = ("status", "body", "leader")
+
+    def __init__(self, status: int, body: dict[str, Any], leader: str | None) -> None:
+        self.status = status
+        self.body = body
+        self.leader = leader
+
+
+class AsyncClient:
+    """An asyncio client for a kvraft cluster. Use one per event loop.
+
+    ``addresses``: one or more ``HOST:PORT`` of cluster nodes (any of them).
+    ``timeout_s``: the deadline of each operation, retries included.
+    ``recorder``: if given, every operation is recorded (see docs/history-format.md).
+    """
+
+    def __init__(self, addresses: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 attempt_timeout_s: float = 1.0, recorder: HistoryRecorder | None = None,
+                 name: str | None = None) -> None:
+        if isinstance(addresses, str):
+            addresses = addresses.split(",")
+        self.addresses = [_norm_addr(a) for a in addresses]
+        if not self.addresses:
+            raise errors.InvalidArgument("at least one node address is required")
+        if timeout_s <= 0 or attempt_timeout_s <= 0:
+            raise errors.InvalidArgument("timeouts must be positive")
+        self.timeout_s = timeout_s
+        self.attempt_timeout_s = attempt_timeout_s
+        self.recorder = recorder
+        self.name = name or f"c-{uuid.uuid4().hex[:8]}"
+        self._leader: str | None = None
+        self._rr = itertools.cycle(range(len(self.addresses)))
+        self._session_obj = _Session(uuid.uuid4().hex)
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=False),
+                timeout=aiohttp.ClientTimeout(total=None))
+        return self._http
+
+    # --- public operations ----------------------------------------------------------
+
+    async def get(self, key: str) -> str | None:
+        """The key's value, or None if absent. Linearizable."""
+        key = _check_key(key)
+        rec = self._invoke("get", key, None)
+        try:
+            a = await self._call("GET", "/v1/kv/", key, None, write=None)
+        except errors.KvraftError as e:
+            self._complete(rec, "fail" if not isinstance(e, errors.OutcomeUnknown) else "unknown")
+            raise
+        value = a.body.get("value") if a.status == 200 else None
+        self._complete(rec, "ok", value)
+        return value
+
+    async def put(self, key: str, value: str) -> None:
+        """Set ``key`` to ``value``."""
+        await self._write("put", "PUT", "/v1/kv/", _check_key(key), _check_value(value))
+
+    async def append(self, key: str, value: str) -> None:
+        """Append ``value`` to the key's value (creating the key if absent)."""
+        await self._write("append", "POST", "/v1/append/", _check_key(key), _check_value(value))
+
+    async def delete(self, key: str) -> bool:
+        """Delete ``key``; True if it existed."""
+        a = await self._write("delete", "DELETE", "/v1/kv/", _check_key(key), None)
+        return bool(a.body.get("deleted"))
+
+    async def status(self, address: str | None = None) -> dict[str, Any]:
+        """The status document of one node (default: the first address)."""
+        addr = _norm_addr(address) if address else self.addresses[0]
+        url = f"http://{addr}/v1/status"
+        try:
+            async with self._session().get(
+                    url, timeout=aiohttp.ClientTimeout(total=self.attempt_timeout_s)) as r:
+                doc: dict[str, Any] = await r.json()
+                return doc
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise errors.Unavailable(f"{addr}: {e or type(e).__name__}") from None
+
+    # --- machinery ---------------------------------------------------------------------
+
+    async def _write(self, op: str, method: str, path: str, key: str,
+                     value: str | None) -> _Attempt:
+        rec = self._invoke(op, key, value)
+        sess = self._session_obj
+        seq = sess.begin()
+        try:
+            a = await self._call(method, path, key, value, write=(sess, seq))
+        except errors.OutcomeUnknown:
+            self._complete(rec, "unknown")
+            raise
+        except errors.KvraftError:
+            self._complete(rec, "fail")
+            raise
+        finally:
+            sess.inflight.discard(seq)
+        self._complete(rec, "ok")
+        return a
+
+    async def _call(self, method: str, path: str, key: str, value: str | None,
+                    write: tuple[_Session, int] | None) -> _Attempt:
+        deadline = time.monotonic() + self.timeout_s
+        maybe_applied = False
+        last_error = "no node answered"
+        backoff = 0.01
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            addr = self._leader or self.addresses[next(self._rr)]
+            headers: dict[str, str] = {
+                "X-Kvraft-Timeout-Ms": str(max(1, int(min(remaining, self.attempt_timeout_s)
+                                                       * 1000)))}
+            if write is not None:
+                sess, seq = write
+                headers.update({"X-Kvraft-Client": sess.client_id, "X-Kvraft-Seq": str(seq),
+                                "X-Kvraft-Ack": str(min(sess.ack_below(), seq))})
+            try:
+                a = await self._attempt(addr, method, path, key, value, headers,
+                                        min(remaining, self.attempt_timeout_s) + 0.5)
+            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as e:
+                last_error = f"{addr}: {e}"
+                self._leader = None
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                maybe_applied = maybe_applied or write is not None
+                last_error = f"{addr}: {type(e).__name__} {e}"
+                self._leader = None
+            else:
+                if a.status < 300 or (a.status == 404 and write is None):
+                    self._leader = addr
+                    return a
+                code = a.body.get("error", "")
+                if a.status == 307 and a.leader:
+                    self._leader = _norm_addr(a.leader)
+                    last_error = f"{addr} redirected to leader {a.leader}"
+                    continue
+                if a.status in (400, 413):
+                    cls = errors.TooLarge if a.status == 413 else errors.InvalidArgument
+                    raise cls(a.body.get("message", code))
+                if a.status == 409:
+                    raise errors.SessionExpired(a.body.get("message", code))
+                if code == "outcome_unknown":
+                    maybe_applied = True
+                last_error = f"{addr}: {a.status} {code} {a.body.get('message', '')}".strip()
+                self._leader = None
+            await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+            backoff = min(backoff * 2, 0.2)
+        if maybe_applied:
+            raise errors.OutcomeUnknown(f"write outcome unknown after {self.timeout_s:.1f}s "
+                                        f"(last: {last_error})")
+        raise errors.Unavailable(f"no answer within {self.timeout_s:.1f}s (last: {last_error})")
+
+    async def _attempt(self, addr: str, method: str, path: str, key: str, value: str | None,
+                       headers: dict[str, str], timeout_s: float) -> _Attempt:
+        url = yarl.URL(f"http://{addr}{path}{urllib.parse.quote(key, safe='')}", encoded=True)
+        data = value.encode("utf-8") if value is not None else None
+        if data is not None:
+            headers["Content-Type"] = "text/plain; charset=utf-8"
+        async with self._session().request(
+                method, url, data=data, headers=headers, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
+            raw = await r.read()
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                body = {"error": "bad_response", "message": raw[:200].decode("utf-8", "replace")}
+            if not isinstance(body, dict):
+                body = {"error": "bad_response"}
+            return _Attempt(r.status, body, body.get("leader") or r.headers.get("X-Kvraft-Leader"))
+
+    def _invoke(self, op: str, key: str, value: str | None) -> int | None:
+        if self.recorder is None:
+            return None
+        return self.recorder.invoke(self.name, op, key, value)
+
+    def _complete(self, rec: int | None, outcome: str, result: str | None = None) -> None:
+        if self.recorder is not None and rec is not None:
+            self.recorder.complete(rec, outcome, result)
+
+
+class Client:
+    """A synchronous, thread-safe client; many threads may call it at once.
+
+    It runs an :class:`AsyncClient` on a private event-loop thread. Arguments are
+    those of :class:`AsyncClient`. Call :meth:`close` (or use ``with``) when done.
+    """
+
+    def __init__(self, addresses: Sequence[str] | str, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kvraft-client",
+                                        daemon=True)
+        self._thread.start()
+        self._async: AsyncClient = self._run(self._make(addresses, kwargs))
+        self._closed = False
+
+    @staticmethod
+    async def _make(addresses: Sequence[str] | str, kwargs: dict[str, Any]) -> AsyncClient:
+        return AsyncClient(addresses, **kwargs)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def get(self, key: str) -> str | None:
+        return self._run(self._async.get(key))
+
+    def put(self, key: str, value: str) -> None:
+        self._run(self._async.put(key, value))
+
+    def append(self, key: str, value: str) -> None:
+        self._run(self._async.append(key, value))
+
+    def delete(self, key: str) -> bool:
+        return self._run(self._async.delete(key))
+
+    def status(self, address: str | None = None) -> dict[str, Any]:
+        return self._run(self._async.status(address))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._run(self._async.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

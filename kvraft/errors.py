@@ -1,0 +1,66 @@
+"""Exceptions of kvraft's public API, split by whose fault it was.
+
+- :class:`InvalidArgument` (and :class:`TooLarge`): the caller's request is wrong;
+  retrying the same request will fail the same way.
+- :class:`Unavailable`: the cluster could not serve the request before the deadline
+  (no leader, no quorum, nodes down). :class:`OutcomeUnknown` is the subclass for writes
+  whose fate is not known: the write may or may not have been applied.
+- :class:`SessionExpired`: the server forgot this client's session, so a retried write
+  cannot be deduplicated; its outcome is unknown.
+- :class:`ServerError`: the server failed in a way that is not the caller's fault.
+"""
+
+from __future__ import annotations
+
+
+class KvraftError(Exception):
+    """Base class of every kvraft exception."""
+
+
+class InvalidArgument(KvraftError, ValueError):
+    """The request is malformed (bad key, bad value, bad option)."""
+
+
+class TooLarge(InvalidArgument):
+    """A key or value exceeds the configured size limit."""
+
+
+class NotFound(KvraftError):
+    """Raised by operations that require the key to exist (``get`` returns None instead)."""
+
+
+class Unavailable(KvraftError):
+    """The cluster could not serve the request before the deadline."""
+
+
+class OutcomeUnknown(Unavailable):
+    """A write timed out or its leader was lost: it may or may not have taken effect."""
+
+
+class NotLeader(Unavailable):
+    """The contacted node is not the leader; ``leader`` is the leader's address if known."""
+
+    def __init__(self, message: str = "not the leader", leader: str | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+class SessionExpired(OutcomeUnknown):
+    """The server no longer remembers this client's session."""
+
+
+class ServerError(KvraftError):
+    """The server reported an internal error."""
+
+
+__all__ = [
+    "InvalidArgument",
+    "KvraftError",
+    "NotFound",
+    "NotLeader",
+    "OutcomeUnknown",
+    "ServerError",
+    "SessionExpired",
+    "TooLarge",
+    "Unavailable",
+]

@@ -1,0 +1,121 @@
+"""``kvraft up``: a whole local cluster on 127.0.0.1, one OS process per node.
+
+The cluster's shape (ids, ports, secret) is written to ``<data-dir>/cluster.json`` on
+first start; running ``up`` again on the same directory restarts the same cluster with
+its data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def cluster_layout(data_dir: Path, nodes: int, base_port: int, host: str = "127.0.0.1"
+                   ) -> dict[str, Any]:
+    """Load the cluster layout from ``data_dir`` or create it (with a fresh secret)."""
+    path = data_dir / "cluster.json"
+    if path.exists():
+        layout: dict[str, Any] = json.loads(path.read_text())
+        return layout
+    data_dir.mkdir(parents=True, exist_ok=True)
+    layout = {"secret": secrets.token_hex(16),
+              "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(layout, indent=2))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return layout
+
+
+def serve_argv(layout: dict[str, Any], node_id: str, data_dir: Path,
+               extra: list[str] | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "kvraft", "serve", "--id", node_id,
+            "--listen", layout["nodes"][node_id], "--data-dir", str(data_dir / f"node-{node_id}")]
+    for peer, addr in layout["nodes"].items():
+        argv += ["--peer", f"{peer}={addr}"]
+    return argv + (extra or [])
+
+
+def _wait_for_leader(addrs: list[str], timeout_s: float) -> str | None:
+    import asyncio
+
+    from kvraft.statusview import collect_status
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        docs = asyncio.run(collect_status(addrs, timeout_s=1.0))
+        for addr, doc in docs.items():
+            for g in doc.get("groups", {}).values():
+                if g.get("role") == "leader":
+                    return addr
+        time.sleep(0.2)
+    return None
+
+
+@click.command()
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--base-port", type=click.IntRange(1024, 65000), default=7001, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default="./kvraft-data",
+              show_default=True)
+def up(nodes: int, base_port: int, data_dir: str) -> None:
+    """Start a local cluster on 127.0.0.1 and stay in the foreground until Ctrl-C."""
+    root = Path(data_dir).resolve()
+    layout = cluster_layout(root, nodes, base_port)
+    env = dict(os.environ, KVRAFT_SECRET=layout["secret"], PYTHONUNBUFFERED="1")
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = []
+    for node_id in sorted(layout["nodes"], key=int):
+        (root / f"node-{node_id}").mkdir(parents=True, exist_ok=True)
+        logf = open(root / f"node-{node_id}.log", "ab")
+        logs.append(logf)
+        procs[node_id] = subprocess.Popen(serve_argv(layout, node_id, root), env=env,
+                                          stdout=logf, stderr=subprocess.STDOUT)
+    addrs = [layout["nodes"][n] for n in sorted(layout["nodes"], key=int)]
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    leader = _wait_for_leader(addrs, 15.0)
+    click.echo(f"kvraft cluster of {len(addrs)} nodes, data in {root}")
+    for n in sorted(layout["nodes"], key=int):
+        click.echo(f"  node {n}: http://{layout['nodes'][n]}  (log: {root}/node-{n}.log)")
+    click.echo(f"leader: {leader or 'not yet elected'}")
+    click.echo(f"try:  kvraft put hello world --addr {','.join(addrs)}")
+    click.echo(f"      curl -L http://{addrs[0]}/v1/kv/hello")
+    click.echo("Ctrl-C stops the cluster.")
+    reported: set[str] = set()
+    while not stopping:
+        for n, p in procs.items():
+            if p.poll() is not None and n not in reported:
+                reported.add(n)
+                click.echo(f"node {n} exited with status {p.returncode}; see {root}/node-{n}.log",
+                           err=True)
+        time.sleep(0.2)
+    click.echo("stopping nodes...")
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    for f in logs:
+        f.close()
+    click.echo("stopped.")

@@ -1,0 +1,198 @@
+"""Node assembly: one OS process, one aiohttp server, one or more replicas.
+
+A node hosts replicas keyed by group id (multi-raft): peer traffic is routed to the
+replica of the frame's group, and client requests to the replica that owns the key.
+Until sharding lands, every node hosts group 1 with all peers as members.
+
+Data directory layout::
+
+    <data-dir>/LOCK                 flock'ed while the node runs
+    <data-dir>/group-<gid>/raft.db  the Raft log and hard state
+    <data-dir>/group-<gid>/state.db the key-value data, sessions, applied index
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from kvraft import errors
+from kvraft.kv.commands import Command
+from kvraft.kv.machine import Result
+from kvraft.raft import ConfState, Message
+from kvraft.runtime.replica import Replica, ReplicaSettings
+from kvraft.transport.admin import AdminAPI
+from kvraft.transport.http_api import ClientAPI, Limits
+from kvraft.transport.peer import PeerTransport
+
+log = logging.getLogger("kvraft.node")
+
+DATA_GROUP = 1
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    node_id: int
+    listen: str
+    peers: dict[int, str]
+    """Every member of the group, this node included: node id -> host:port."""
+    data_dir: Path
+    secret: str
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.node_id <= 0:
+            raise ValueError("--id must be a positive integer")
+        if self.node_id not in self.peers:
+            self.peers[self.node_id] = self.listen
+        if not self.secret:
+            raise ValueError("a cluster secret is required (--secret or KVRAFT_SECRET)")
+        _split_hostport(self.listen)
+        for addr in self.peers.values():
+            _split_hostport(addr)
+
+
+def _split_hostport(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad address {addr!r}: expected HOST:PORT")
+    return host, int(port)
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.cfg = config
+        self.replicas: dict[int, Replica] = {}
+        self.transport: PeerTransport | None = None
+        self._runner: web.AppRunner | None = None
+        self._lock_fd: int | None = None
+        self.stopped = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        self.transport = PeerTransport(node_id=cfg.node_id, secret=cfg.secret,
+                                       deliver=self._deliver, unreachable=self._unreachable)
+        await self.transport.start()
+        conf = ConfState(frozenset(cfg.peers))
+        replica = Replica(node_id=cfg.node_id, group_id=DATA_GROUP, conf=conf,
+                          data_dir=cfg.data_dir / f"group-{DATA_GROUP}",
+                          send=self.transport.send, settings=cfg.replica,
+                          address_of=cfg.peers.get)
+        await replica.start()
+        self.replicas[DATA_GROUP] = replica
+        for peer, addr in cfg.peers.items():
+            if peer != cfg.node_id:
+                self.transport.set_peer(peer, addr)
+        app = web.Application(client_max_size=cfg.limits.max_value_bytes * 2 + 65536)
+        ClientAPI(self, cfg.limits).add_routes(app)
+        AdminAPI(self.transport).add_routes(app)
+        self.transport.add_routes(app)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = _split_hostport(cfg.listen)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        log.info("node %d serving on http://%s (data %s)", cfg.node_id, cfg.listen, cfg.data_dir)
+
+    def _lock(self) -> None:
+        path = self.cfg.data_dir / "LOCK"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise errors.ServerError(
+                f"{self.cfg.data_dir} is in use by another kvraft process") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.transport is not None:
+            await self.transport.close()
+        for r in self.replicas.values():
+            await r.stop()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.stopped.set()
+
+    async def wait_failed(self) -> BaseException:
+        """Wait until some replica stops on an internal error; returns that error."""
+        futs = [r.failed for r in self.replicas.values()]
+        done, _ = await asyncio.wait(futs, return_when=asyncio.FIRST_COMPLETED)
+        return next(iter(done)).result()
+
+    # --- transport callbacks ---------------------------------------------------------------
+
+    def _deliver(self, group: int, msgs: list[Message]) -> None:
+        r = self.replicas.get(group)
+        if r is not None:
+            r.step(msgs)
+
+    def _unreachable(self, group: int, peer: int) -> None:
+        r = self.replicas.get(group)
+        if r is not None:
+            r.unreachable(peer)
+
+    # --- KVService ---------------------------------------------------------------------
+
+    def _replica_for(self, key: str) -> Replica:
+        return self.replicas[DATA_GROUP]
+
+    async def get(self, key: str, *, timeout_s: float) -> str | None:
+        r = self._replica_for(key)
+        await r.read_barrier(timeout_s=timeout_s)
+        return r.read_local(key)
+
+    async def write(self, cmd: Command, *, timeout_s: float) -> Result:
+        return await self._replica_for(cmd.key).propose(cmd.encode(), timeout_s=timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        t = self.transport
+        return {
+            "node": self.cfg.node_id,
+            "address": self.cfg.listen,
+            "groups": {str(g): r.status() for g, r in self.replicas.items()},
+            "transport": None if t is None else {
+                "peers": {str(p): {"address": link.addr, "connected": link.connected}
+                          for p, link in t.links.items()},
+                "frames_sent": t.stats.frames_sent, "frames_received": t.stats.frames_received,
+                "msgs_dropped": t.stats.msgs_dropped, "bad_frames": t.stats.bad_frames,
+                "faults": t.faults.as_dict(),
+            },
+        }
+
+
+async def run_node(config: NodeConfig, stop: asyncio.Event) -> int:
+    """Run a node until ``stop`` is set (returns 0) or a replica fails (returns 1)."""
+    node = Node(config)
+    await node.start()
+    failed = asyncio.ensure_future(node.wait_failed())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({failed, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for f in (failed, stopper):
+            f.cancel()
+        with contextlib.suppress(Exception):
+            await node.stop()
+    if failed in done and not failed.cancelled():
+        log.critical("node %d stopping after a replica failure", config.node_id)
+        return 1
+    return 0

@@ -1,0 +1,322 @@
+"""One replica of one Raft group: the Ready loop that drives a RaftCore.
+
+The loop follows the ``Ready`` contract (see ``kvraft.raft.types.Ready``):
+
+1. persist hard state + new entries in raft.db — one transaction per Ready, on this
+   replica's log-I/O thread (group commit: every proposal that arrived while the
+   previous batch was being written goes into the next one);
+2. send the Ready's messages;
+3. apply committed entries to state.db (one transaction, with the applied index) on
+   the state-I/O thread, and answer the proposals they complete;
+4. release linearizable reads whose read index is now applied; ``advance``.
+
+All RaftCore calls happen on the event loop; the I/O threads only see immutable data.
+Proposals wait on futures keyed by log index and fail fast with ``NotLeader`` when
+leadership is lost (outcome unknown: the entry may still commit). An internal
+invariant violation stops the replica and is reported through ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvraft import errors
+from kvraft.kv.machine import Result
+from kvraft.raft import (
+    NONE,
+    Config,
+    ConfState,
+    InitialState,
+    Message,
+    ProposalDropped,
+    RaftCore,
+    Ready,
+    Role,
+    SoftState,
+)
+from kvraft.raft import NotLeader as CoreNotLeader
+from kvraft.storage.raftlog import RaftLogStore
+from kvraft.storage.statedb import StateStore
+
+log = logging.getLogger("kvraft.replica")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSettings:
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    max_msg_bytes: int = 1 << 20
+    max_inflight_msgs: int = 256
+    max_sessions: int = 100_000
+
+
+class Replica:
+    def __init__(self, *, node_id: int, group_id: int, conf: ConfState, data_dir: Path,
+                 send: Callable[[int, list[Message]], None], settings: ReplicaSettings,
+                 address_of: Callable[[int], str | None]) -> None:
+        self.node_id = node_id
+        self.group_id = group_id
+        self.initial_conf = conf
+        self.dir = data_dir
+        self._send = send
+        self.settings = settings
+        self.address_of = address_of
+        self.core: RaftCore | None = None
+        self._wake = asyncio.Event()
+        self._proposals: dict[int, tuple[int, asyncio.Future[Result]]] = {}
+        self._reads: dict[int, asyncio.Future[None]] = {}
+        self._parked_reads: list[tuple[int, int]] = []
+        self._read_ctx = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._log_io = ThreadPoolExecutor(1, thread_name_prefix=f"raftlog-g{group_id}")
+        self._sm_io = ThreadPoolExecutor(1, thread_name_prefix=f"state-g{group_id}")
+        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self.soft = SoftState(NONE, Role.FOLLOWER, 0)
+        self.ready_batches = 0
+        self.entries_persisted = 0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self.raftlog, self.state = await loop.run_in_executor(self._log_io, self._open)
+        loaded = await loop.run_in_executor(self._log_io, self.raftlog.load)
+        applied, _ = self.state.applied()
+        conf = loaded.conf or self.state.conf() or self.initial_conf
+        if loaded.conf is None:
+            await loop.run_in_executor(self._log_io, self.raftlog.set_conf, conf)
+        last = loaded.entries[-1].index if loaded.entries else (
+            loaded.snapshot.index if loaded.snapshot else 0)
+        if applied > last:
+            raise errors.ServerError(
+                f"{self.dir}: state.db applied index {applied} is ahead of the log ({last}); "
+                "raft.db is missing or truncated — restore this replica from a snapshot")
+        s = self.settings
+        cfg = Config(id=self.node_id, election_ticks=s.election_ticks,
+                     heartbeat_ticks=s.heartbeat_ticks, max_msg_bytes=s.max_msg_bytes,
+                     max_inflight_msgs=s.max_inflight_msgs)
+        self.core = RaftCore(cfg, random.Random(), InitialState(
+            conf=conf, hard_state=loaded.hard_state, snapshot=loaded.snapshot,
+            entries=loaded.entries, applied=applied))
+        self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker())]
+        log.info("group %d replica %d started: term %d, log %d..%d, applied %d",
+                 self.group_id, self.node_id, loaded.hard_state.term,
+                 self.core.log.first_index(), last, applied)
+
+    def _open(self) -> tuple[RaftLogStore, StateStore]:
+        return (RaftLogStore(self.dir / "raft.db", node_id=self.node_id, group_id=self.group_id),
+                StateStore(self.dir / "state.db", max_sessions=self.settings.max_sessions))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._fail_all(errors.Unavailable("replica is shutting down"))
+        loop = asyncio.get_running_loop()
+        if self.core is not None:
+            await loop.run_in_executor(self._log_io, self.raftlog.close)
+            await loop.run_in_executor(self._sm_io, self.state.close)
+        self._log_io.shutdown(wait=True)
+        self._sm_io.shutdown(wait=True)
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def step(self, msgs: list[Message]) -> None:
+        core = self.core
+        if core is None:
+            return
+        for m in msgs:
+            core.step(m)
+        self._wake.set()
+
+    def unreachable(self, peer: int) -> None:
+        if self.core is not None:
+            self.core.report_unreachable(peer)
+
+    async def _ticker(self) -> None:
+        interval = self.settings.tick_ms / 1000
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() - next_at > interval * 5:
+                next_at = loop.time()  # we were stalled: do not fire a burst of ticks
+            assert self.core is not None
+            self.core.tick()
+            self._wake.set()
+
+    # --- client operations -----------------------------------------------------------
+
+    def _not_leader(self, leader: int) -> errors.NotLeader:
+        addr = self.address_of(leader) if leader != NONE else None
+        return errors.NotLeader(f"node {self.node_id} is not the leader of group "
+                                f"{self.group_id}", addr)
+
+    async def propose(self, data: bytes, *, timeout_s: float) -> Result:
+        """Replicate and apply ``data``; raises NotLeader, OutcomeUnknown or Unavailable."""
+        core = self._ready_core()
+        try:
+            index, term = core.propose(data)
+        except CoreNotLeader as e:
+            raise self._not_leader(e.leader) from None
+        except ProposalDropped as e:
+            raise errors.Unavailable(str(e)) from None
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = (term, fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            self._proposals.pop(index, None)
+            raise errors.OutcomeUnknown(f"write not committed within {timeout_s:.1f}s") from None
+
+    async def read_barrier(self, *, timeout_s: float) -> None:
+        """Return once a linearizable read may be served from state.db (ReadIndex)."""
+        core = self._ready_core()
+        self._read_ctx += 1
+        ctx = self._read_ctx
+        try:
+            core.read_index(ctx)
+        except CoreNotLeader as e:
+            raise self._not_leader(e.leader) from None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            self._reads.pop(ctx, None)
+            raise errors.Unavailable(f"read not confirmed within {timeout_s:.1f}s") from None
+
+    def read_local(self, key: str) -> str | None:
+        return self.state.read(key)
+
+    def _ready_core(self) -> RaftCore:
+        if self.core is None or self.failed.done():
+            raise errors.Unavailable(f"replica of group {self.group_id} is not running")
+        return self.core
+
+    # --- the Ready loop ---------------------------------------------------------------
+
+    async def _ready_loop(self) -> None:
+        core = self.core
+        assert core is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while core.has_ready():
+                    await self._handle_ready(core, core.ready())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:
+            log.critical("group %d replica %d stopped: %s", self.group_id, self.node_id, e,
+                         exc_info=True)
+            self._fail_all(errors.Unavailable(f"replica failed: {e}"))
+            if not self.failed.done():
+                self.failed.set_result(e)
+
+    async def _handle_ready(self, core: RaftCore, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        self.ready_batches += 1
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+        if rd.hard_state is not None or rd.entries:
+            await loop.run_in_executor(self._log_io, self.raftlog.save, rd.hard_state,
+                                       rd.entries)
+            self.entries_persisted += len(rd.entries)
+        if rd.messages:
+            self._send(self.group_id, rd.messages)
+        if rd.committed:
+            results = await loop.run_in_executor(self._sm_io, self.state.apply_batch,
+                                                 rd.committed)
+            self._complete_proposals(rd, results)
+        core.advance(rd)
+        for rs in rd.read_states:
+            heapq.heappush(self._parked_reads, (rs.index, rs.ctx))
+        for ctx in rd.dropped_reads:
+            fut = self._reads.pop(ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(self._not_leader(core.leader))
+        self._release_reads(core.log.applied)
+
+    def _complete_proposals(self, rd: Ready, results: list[Result]) -> None:
+        for e, res in zip(rd.committed, results, strict=True):
+            p = self._proposals.pop(e.index, None)
+            if p is None:
+                continue
+            term, fut = p
+            if fut.done():
+                continue
+            if term == e.term:
+                fut.set_result(res)
+            else:
+                fut.set_exception(errors.OutcomeUnknown(
+                    "leadership changed before the write committed; retry"))
+
+    def _release_reads(self, applied: int) -> None:
+        parked = self._parked_reads
+        while parked and parked[0][0] <= applied:
+            _, ctx = heapq.heappop(parked)
+            fut = self._reads.pop(ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def _on_soft_state(self, soft: SoftState) -> None:
+        was_leader = self.soft.role == Role.LEADER
+        self.soft = soft
+        if soft.role == Role.LEADER:
+            log.info("group %d: node %d is leader in term %d", self.group_id, self.node_id,
+                     soft.term)
+        elif was_leader:
+            log.info("group %d: node %d lost leadership (term %d)", self.group_id,
+                     self.node_id, soft.term)
+            err = self._not_leader(soft.leader)
+            for _, fut in self._proposals.values():
+                if not fut.done():
+                    fut.set_exception(errors.OutcomeUnknown(
+                        f"leadership lost before the write committed ({err})"))
+            self._proposals.clear()
+
+    def _fail_all(self, exc: Exception) -> None:
+        for _, fut in self._proposals.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._proposals.clear()
+        for fut in self._reads.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._reads.clear()
+
+    # --- introspection ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        if self.core is None:
+            return {"group": self.group_id, "running": False}
+        st = self.core.status()
+        return {
+            "group": self.group_id, "node": self.node_id, "running": not self.failed.done(),
+            "role": st.role.name.lower(), "term": st.term, "leader": st.leader or None,
+            "leader_address": self.address_of(st.leader) if st.leader else None,
+            "commit": st.commit, "applied": st.applied, "last_index": st.last_index,
+            "snapshot_index": st.snapshot_index,
+            "voters": sorted(self.core.conf.voters),
+            "progress": {str(p): {"match": m, "next": n, "state": s.lower()}
+                         for p, (m, n, s) in st.progress.items()},
+            "pending_proposals": len(self._proposals), "pending_reads": len(self._reads),
+        }

@@ -1,0 +1,50 @@
+"""Collecting and rendering ``kvraft status`` (one row per node and group)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+
+async def _one(session: aiohttp.ClientSession, addr: str) -> Any:
+    try:
+        async with session.get(f"http://{addr}/v1/status") as r:
+            return await r.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+        return {"error": f"{type(e).__name__}: {e}".strip()}
+
+
+async def collect_status(addrs: list[str], timeout_s: float = 2.0) -> dict[str, Any]:
+    """Fetch ``/v1/status`` from every address; unreachable nodes map to an error."""
+    addrs = [a.strip().removeprefix("http://").rstrip("/") for a in addrs]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+        docs = await asyncio.gather(*(_one(s, a) for a in addrs))
+    return dict(zip(addrs, docs, strict=True))
+
+
+def render_status(docs: dict[str, Any]) -> str:
+    header = ("ADDRESS", "NODE", "GROUP", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST")
+    rows: list[tuple[str, ...]] = []
+    leaders: dict[str, set[str]] = {}
+    for addr, doc in docs.items():
+        if "groups" not in doc:
+            rows.append((addr, "-", "-", "unreachable", "-", "-", "-", "-", doc.get("error", "")))
+            continue
+        for gid, g in sorted(doc["groups"].items()):
+            leader = g.get("leader")
+            rows.append((addr, str(doc.get("node")), gid, g.get("role", "?"), str(g.get("term")),
+                         str(leader or "-"), str(g.get("commit")), str(g.get("applied")),
+                         str(g.get("last_index"))))
+            if g.get("role") == "leader":
+                leaders.setdefault(gid, set()).add(f"node {doc.get('node')} ({addr})")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    groups = sorted({r[2] for r in rows if r[2] != "-"})
+    for gid in groups:
+        who = leaders.get(gid)
+        lines.append(f"group {gid}: " + (f"leader is {', '.join(sorted(who))}" if who
+                                         else "NO LEADER"))
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""A local cluster of real ``kvraft serve`` processes on 127.0.0.1, for tests and chaos.
+
+Each node is its own OS process (``python -m kvraft serve``) that can be killed with
+SIGKILL, paused with SIGSTOP, restarted on the same data directory, and partitioned
+through the transport's admin endpoint (which requires the cluster secret).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from kvraft.testing.moto import free_port
+
+
+class ClusterError(RuntimeError):
+    """The local cluster did not reach the expected state in time."""
+
+
+class LocalCluster:
+    def __init__(self, root: str | Path, *, nodes: int = 3, tick_ms: int = 25,
+                 election_ticks: int = 10, heartbeat_ticks: int = 2,
+                 extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None,
+                 ports: dict[int, int] | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ids = list(range(1, nodes + 1))
+        ports = ports or {i: free_port() for i in self.ids}
+        self.addrs = {i: f"127.0.0.1:{ports[i]}" for i in self.ids}
+        self.secret = secrets.token_hex(8)
+        self.tick_ms = tick_ms
+        self.args = ["--tick-ms", str(tick_ms), "--election-ticks", str(election_ticks),
+                     "--heartbeat-ticks", str(heartbeat_ticks), *(extra_args or [])]
+        self.env = dict(os.environ if env is None else env)
+        self.env.update({"KVRAFT_SECRET": self.secret, "PYTHONUNBUFFERED": "1"})
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.paused: set[int] = set()
+
+    # --- processes ---------------------------------------------------------------------
+
+    @property
+    def addr_list(self) -> list[str]:
+        return [self.addrs[i] for i in self.ids]
+
+    def data_dir(self, i: int) -> Path:
+        return self.root / f"node-{i}"
+
+    def log_path(self, i: int) -> Path:
+        return self.root / f"node-{i}.log"
+
+    def start(self) -> LocalCluster:
+        for i in self.ids:
+            self.start_node(i)
+        return self
+
+    def start_node(self, i: int) -> None:
+        if i in self.procs and self.procs[i].poll() is None:
+            raise ClusterError(f"node {i} is already running")
+        argv = [sys.executable, "-m", "kvraft", "serve", "--id", str(i),
+                "--listen", self.addrs[i], "--data-dir", str(self.data_dir(i)), *self.args]
+        for j in self.ids:
+            argv += ["--peer", f"{j}={self.addrs[j]}"]
+        with open(self.log_path(i), "ab") as log:
+            self.procs[i] = subprocess.Popen(argv, env=self.env, stdout=log,
+                                             stderr=subprocess.STDOUT)
+        self.paused.discard(i)
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[i]
+        if sig == signal.SIGKILL and i in self.paused:
+            self.paused.discard(i)
+        p.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            p.wait(timeout=15)
+
+    def pause(self, i: int) -> None:
+        self.procs[i].send_signal(signal.SIGSTOP)
+        self.paused.add(i)
+
+    def resume(self, i: int) -> None:
+        self.procs[i].send_signal(signal.SIGCONT)
+        self.paused.discard(i)
+
+    def running(self, i: int) -> bool:
+        p = self.procs.get(i)
+        return p is not None and p.poll() is None
+
+    def stop(self) -> None:
+        for i in list(self.procs):
+            if i in self.paused:
+                self.resume(i)
+            p = self.procs[i]
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- HTTP helpers --------------------------------------------------------------------
+
+    def _request(self, i: int, method: str, path: str, body: Any = None,
+                 timeout_s: float = 2.0) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://{self.addrs[i]}{path}", data=data, method=method,
+                                     headers={"X-Kvraft-Secret": self.secret,
+                                              "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, raw.decode(errors="replace")
+
+    def status(self, i: int, group: int = 1) -> dict[str, Any] | None:
+        """Node i's status of ``group``, or None if it does not answer."""
+        if not self.running(i) or i in self.paused:
+            return None
+        try:
+            code, doc = self._request(i, "GET", "/v1/status", timeout_s=1.0)
+        except (OSError, ValueError):
+            return None
+        if code != 200:
+            return None
+        g: dict[str, Any] | None = doc.get("groups", {}).get(str(group))
+        return g
+
+    def leader(self, group: int = 1) -> int | None:
+        """The node that says it leads (the one with the highest term if several)."""
+        best: tuple[int, int] | None = None
+        for i in self.ids:
+            st = self.status(i, group)
+            if st and st.get("role") == "leader" and (best is None or st["term"] > best[0]):
+                best = (st["term"], i)
+        return best[1] if best else None
+
+    def wait_for_leader(self, timeout_s: float = 20.0, exclude: set[int] | None = None,
+                        group: int = 1) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            lead = self.leader(group)
+            if lead is not None and lead not in (exclude or set()):
+                return lead
+            time.sleep(0.05)
+        raise ClusterError(f"no leader within {timeout_s}s; logs in {self.root}")
+
+    def wait_applied(self, nodes: list[int], index: int, timeout_s: float = 20.0,
+                     group: int = 1) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            sts = [self.status(i, group) for i in nodes]
+            if all(s is not None and s["applied"] >= index for s in sts):
+                return
+            time.sleep(0.05)
+        raise ClusterError(f"nodes {nodes} did not apply index {index} within {timeout_s}s")
+
+    def set_faults(self, i: int, **rules: Any) -> None:
+        code, doc = self._request(i, "PUT", "/v1/admin/faults", rules)
+        if code != 200:
+            raise ClusterError(f"node {i} refused faults {rules}: {code} {doc}")
+
+    def heal(self, nodes: list[int] | None = None) -> None:
+        for i in nodes or self.ids:
+            if self.running(i) and i not in self.paused:
+                self._request(i, "DELETE", "/v1/admin/faults")
+
+    def isolate(self, i: int) -> None:
+        """Cut node i off from every other node, in both directions."""
+        others = [j for j in self.ids if j != i]
+        self.set_faults(i, blocked_out=others, blocked_in=others)
+        for j in others:
+            if self.running(j) and j not in self.paused:
+                self.set_faults(j, blocked_out=[i], blocked_in=[i])

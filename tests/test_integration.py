@@ -1,0 +1,223 @@
+"""Three real node processes on 127.0.0.1: operations, crashes, pauses, partitions."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvraft import Client, errors
+from kvraft.testing.cluster import LocalCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path / "cluster", nodes=3)
+    c.start()
+    try:
+        c.wait_for_leader()
+        yield c
+    finally:
+        c.stop()
+
+
+def _http(method: str, url: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_four_operations(cluster: LocalCluster) -> None:
+    with Client(cluster.addr_list) as c:
+        assert c.get("missing") is None
+        c.put("k", "v1")
+        assert c.get("k") == "v1"
+        c.append("k", "+2")
+        assert c.get("k") == "v1+2"
+        c.append("new", "x")  # append creates the key
+        assert c.get("new") == "x"
+        assert c.delete("k") is True
+        assert c.get("k") is None
+        assert c.delete("k") is False
+        c.put("a/b c%é", "unicode ✓")  # keys are URL-encoded end to end
+        assert c.get("a/b c%é") == "unicode ✓"
+
+
+def test_http_api_errors(cluster: LocalCluster) -> None:
+    lead = cluster.wait_for_leader()
+    base = f"http://{cluster.addrs[lead]}"
+    assert _http("PUT", f"{base}/v1/kv/" + "k" * 5000, b"v")[0] == 413
+    status, doc = _http("PUT", f"{base}/v1/kv/big", b"v" * (1 << 20 + 1))
+    assert status == 413 and doc["error"] == "too_large"
+    assert _http("PUT", f"{base}/v1/kv/bad", b"\xff\xfe")[0] == 400
+    assert _http("PUT", f"{base}/v1/kv/j", b"{not json",
+                 {"Content-Type": "application/json"})[0] == 400
+    assert _http("PUT", f"{base}/v1/kv/j", b'{"value": 3}',
+                 {"Content-Type": "application/json"})[0] == 400
+    assert _http("PUT", f"{base}/v1/kv/s", b"v", {"X-Kvraft-Client": "c",
+                                                   "X-Kvraft-Seq": "abc"})[0] == 400
+    assert _http("GET", f"{base}/v1/kv/nothing")[0] == 404
+    status, doc = _http("PUT", f"{base}/v1/kv/j", b'{"value": "json"}',
+                        {"Content-Type": "application/json"})
+    assert status == 200
+    assert _http("GET", f"{base}/v1/kv/j") == (200, {"key": "j", "value": "json"})
+    # Peer and admin endpoints refuse requests without the cluster secret.
+    assert _http("GET", f"{base}/raft/v1/stream")[0] == 401
+    assert _http("GET", f"{base}/v1/admin/faults")[0] == 401
+    # The node is still healthy after all that.
+    with Client(cluster.addr_list) as c:
+        c.put("after", "ok")
+        assert c.get("after") == "ok"
+
+
+def test_follower_redirects_to_leader(cluster: LocalCluster) -> None:
+    lead = cluster.wait_for_leader()
+    follower = next(i for i in cluster.ids if i != lead)
+    req = urllib.request.Request(f"http://{cluster.addrs[follower]}/v1/kv/x", method="GET")
+    opener = urllib.request.build_opener(_NoRedirect())
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        opener.open(req, timeout=5)
+    assert ei.value.code == 307
+    assert ei.value.headers["Location"] == f"http://{cluster.addrs[lead]}/v1/kv/x"
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _appenders(addrs: list[str], stop: threading.Event, n_threads: int = 4
+               ) -> tuple[list[threading.Thread], dict[str, list[str]], dict[str, list[str]]]:
+    """Threads appending unique tokens; returns (threads, acknowledged, unknown) per key."""
+    acked: dict[str, list[str]] = {}
+    unknown: dict[str, list[str]] = {}
+    lock = threading.Lock()
+    client = Client(addrs, timeout_s=10.0)
+
+    def run(t: int) -> None:
+        key = f"log{t}"
+        n = 0
+        while not stop.is_set():
+            token = f"<{t}.{n}>"
+            n += 1
+            try:
+                client.append(key, token)
+            except errors.OutcomeUnknown:
+                with lock:
+                    unknown.setdefault(key, []).append(token)
+                continue
+            except errors.Unavailable:
+                continue
+            with lock:
+                acked.setdefault(key, []).append(token)
+
+    threads = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    return threads, acked, unknown
+
+
+def _check_appends(addrs: list[str], acked: dict[str, list[str]],
+                   unknown: dict[str, list[str]]) -> int:
+    total = 0
+    with Client(addrs, timeout_s=10.0) as c:
+        for key, tokens in acked.items():
+            value = c.get(key) or ""
+            for tok in tokens:
+                assert value.count(tok) == 1, f"acknowledged {tok} appears {value.count(tok)}x"
+                total += 1
+            for tok in unknown.get(key, []):
+                assert value.count(tok) <= 1, f"{tok} applied twice"
+    return total
+
+
+def test_sigkill_leader_under_writes_then_restart(cluster: LocalCluster) -> None:
+    stop = threading.Event()
+    threads, acked, unknown = _appenders(cluster.addr_list, stop)
+    time.sleep(1.0)
+    old = cluster.wait_for_leader()
+    cluster.kill(old, signal.SIGKILL)
+    new = cluster.wait_for_leader(exclude={old})
+    before = sum(len(v) for v in acked.values())
+    time.sleep(1.0)
+    assert sum(len(v) for v in acked.values()) > before, "no writes after failover"
+    cluster.start_node(old)  # the old leader comes back and catches up
+    time.sleep(0.5)
+    stop.set()
+    for th in threads:
+        th.join(timeout=15)
+    total = _check_appends(cluster.addr_list, acked, unknown)
+    assert total > 20
+    lead = cluster.wait_for_leader()
+    commit = cluster.status(lead)["commit"]  # type: ignore[index]
+    cluster.wait_applied(cluster.ids, commit)
+    assert new in cluster.ids
+
+
+def test_restart_whole_cluster_keeps_data(cluster: LocalCluster) -> None:
+    with Client(cluster.addr_list) as c:
+        for i in range(50):
+            c.put(f"k{i}", f"v{i}")
+        c.append("k0", "-more")
+    for i in cluster.ids:
+        cluster.kill(i, signal.SIGKILL)
+    cluster.start()
+    cluster.wait_for_leader()
+    with Client(cluster.addr_list) as c:
+        assert c.get("k0") == "v0-more"
+        assert [c.get(f"k{i}") for i in range(1, 50)] == [f"v{i}" for i in range(1, 50)]
+
+
+def test_sigstop_leader_steps_down_after_sigcont(cluster: LocalCluster) -> None:
+    with Client(cluster.addr_list) as c:
+        c.put("before", "1")
+        old = cluster.wait_for_leader()
+        old_term = cluster.status(old)["term"]  # type: ignore[index]
+        cluster.pause(old)
+        new = cluster.wait_for_leader(exclude={old})
+        c.put("during", "2")
+        cluster.resume(old)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = cluster.status(old)
+            if st and st["role"] == "follower" and st["term"] > old_term:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("old leader did not step down after SIGCONT")
+        assert st["leader"] == cluster.leader()
+        # A client that only knows the old leader is redirected and sees every write.
+        with Client([cluster.addrs[old]]) as c2:
+            assert c2.get("during") == "2"
+            c2.put("after", "3")
+        assert c.get("after") == "3"
+        assert new != old
+
+
+def test_isolated_follower_rejoins_without_disrupting(cluster: LocalCluster) -> None:
+    lead = cluster.wait_for_leader()
+    term = cluster.status(lead)["term"]  # type: ignore[index]
+    follower = next(i for i in cluster.ids if i != lead)
+    cluster.isolate(follower)
+    with Client(cluster.addr_list) as c:
+        for i in range(20):
+            c.put(f"iso{i}", str(i))
+    time.sleep(cluster.tick_ms * 10 * 4 / 1000)  # several election timeouts
+    cluster.heal()
+    st = cluster.status(lead)
+    commit = st["commit"]  # type: ignore[index]
+    cluster.wait_applied([follower], commit)
+    st = cluster.status(lead)
+    assert st is not None and st["role"] == "leader" and st["term"] == term, \
+        "the rejoining follower disrupted the leader"
