@@ -4,11 +4,15 @@ The loop follows the ``Ready`` contract (see ``kvraft.raft.types.Ready``):
 
 1. persist hard state + new entries in raft.db — one transaction per Ready, on this
    replica's log-I/O thread (group commit: every proposal that arrived while the
-   previous batch was being written goes into the next one);
-2. send the Ready's messages;
-3. apply committed entries to state.db (one transaction, with the applied index) on
-   the state-I/O thread, and answer the proposals they complete;
-4. release linearizable reads whose read index is now applied; ``advance``.
+   previous batch was being written goes into the next one). A leader sends its
+   appends before its own write completes (Raft thesis 10.2.1); every other message
+   waits for the write;
+2. send the remaining messages;
+3. hand the committed entries (durable locally by now) to the apply task, which
+   applies them to state.db (one transaction with the applied index) on the
+   state-I/O thread, answers the proposals they complete and releases reads — while
+   the Ready loop already persists the next batch;
+4. ``advance``; reads whose read index is applied are served.
 
 All RaftCore calls happen on the event loop; the I/O threads only see immutable data.
 Proposals wait on futures keyed by log index and fail fast with ``NotLeader`` when
@@ -22,7 +26,7 @@ import asyncio
 import heapq
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +38,10 @@ from kvraft.raft import (
     NONE,
     Config,
     ConfState,
+    Entry,
     InitialState,
     Message,
+    MsgType,
     ProposalDropped,
     RaftCore,
     Ready,
@@ -47,6 +53,8 @@ from kvraft.storage.raftlog import RaftLogStore
 from kvraft.storage.statedb import StateStore
 
 log = logging.getLogger("kvraft.replica")
+
+_LEADER_EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP, MsgType.TIMEOUT_NOW})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,8 @@ class Replica:
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         self.soft = SoftState(NONE, Role.FOLLOWER, 0)
         self.ready_batches = 0
+        self.applied_index = 0
+        self._apply_queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
         self.entries_persisted = 0
 
     # --- lifecycle -------------------------------------------------------------------
@@ -108,7 +118,9 @@ class Replica:
         self.core = RaftCore(cfg, random.Random(), InitialState(
             conf=conf, hard_state=loaded.hard_state, snapshot=loaded.snapshot,
             entries=loaded.entries, applied=applied))
-        self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker())]
+        self.applied_index = applied
+        self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker()),
+                       loop.create_task(self._guard(self._apply_loop()))]
         log.info("group %d replica %d started: term %d, log %d..%d, applied %d",
                  self.group_id, self.node_id, loaded.hard_state.term,
                  self.core.log.first_index(), last, applied)
@@ -216,12 +228,19 @@ class Replica:
     async def _ready_loop(self) -> None:
         core = self.core
         assert core is not None
+        await self._guard(self._ready_steps(core))
+
+    async def _ready_steps(self, core: RaftCore) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while core.has_ready():
+                await self._handle_ready(core, core.ready())
+
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a replica task; any error stops the replica loudly."""
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while core.has_ready():
-                    await self._handle_ready(core, core.ready())
+            await coro
         except asyncio.CancelledError:
             raise
         except BaseException as e:
@@ -236,16 +255,24 @@ class Replica:
         self.ready_batches += 1
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+        late = rd.messages
+        if self.soft.role == Role.LEADER and rd.hard_state is None and rd.messages:
+            # Raft thesis 10.2.1: a leader may replicate entries while it writes them
+            # itself; it counts its own copy only once durable (RaftCore.advance).
+            early = [m for m in rd.messages if m.type in _LEADER_EARLY]
+            late = [m for m in rd.messages if m.type not in _LEADER_EARLY]
+            if early:
+                self._send(self.group_id, early)
         if rd.hard_state is not None or rd.entries:
             await loop.run_in_executor(self._log_io, self.raftlog.save, rd.hard_state,
                                        rd.entries)
             self.entries_persisted += len(rd.entries)
-        if rd.messages:
-            self._send(self.group_id, rd.messages)
+        if late:
+            self._send(self.group_id, late)
         if rd.committed:
-            results = await loop.run_in_executor(self._sm_io, self.state.apply_batch,
-                                                 rd.committed)
-            self._complete_proposals(rd, results)
+            # Entries are durable locally now; apply them on the state thread while the
+            # loop goes on persisting the next batch.
+            self._apply_queue.put_nowait(rd.committed)
         core.advance(rd)
         for rs in rd.read_states:
             heapq.heappush(self._parked_reads, (rs.index, rs.ctx))
@@ -253,10 +280,22 @@ class Replica:
             fut = self._reads.pop(ctx, None)
             if fut is not None and not fut.done():
                 fut.set_exception(self._not_leader(core.leader))
-        self._release_reads(core.log.applied)
+        self._release_reads(self.applied_index)
 
-    def _complete_proposals(self, rd: Ready, results: list[Result]) -> None:
-        for e, res in zip(rd.committed, results, strict=True):
+    async def _apply_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        q = self._apply_queue
+        while True:
+            batch = await q.get()
+            while not q.empty():
+                batch = batch + q.get_nowait()
+            results = await loop.run_in_executor(self._sm_io, self.state.apply_batch, batch)
+            self.applied_index = batch[-1].index
+            self._complete_proposals(batch, results)
+            self._release_reads(self.applied_index)
+
+    def _complete_proposals(self, committed: list[Entry], results: list[Result]) -> None:
+        for e, res in zip(committed, results, strict=True):
             p = self._proposals.pop(e.index, None)
             if p is None:
                 continue
@@ -313,7 +352,7 @@ class Replica:
             "group": self.group_id, "node": self.node_id, "running": not self.failed.done(),
             "role": st.role.name.lower(), "term": st.term, "leader": st.leader or None,
             "leader_address": self.address_of(st.leader) if st.leader else None,
-            "commit": st.commit, "applied": st.applied, "last_index": st.last_index,
+            "commit": st.commit, "applied": self.applied_index, "last_index": st.last_index,
             "snapshot_index": st.snapshot_index,
             "voters": sorted(self.core.conf.voters),
             "progress": {str(p): {"match": m, "next": n, "state": s.lower()}

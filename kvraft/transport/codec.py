@@ -59,7 +59,8 @@ def _dec_msg(raw: Any) -> Message:
         entries.append(Entry(_int(e[0]), _int(e[1]), e[3], _int(e[2])))
     snapshot = None
     if snap is not None:
-        if not isinstance(snap, list) or len(snap) != 4:
+        if (not isinstance(snap, list) or len(snap) != 4 or not isinstance(snap[2], list)
+                or not isinstance(snap[3], list)):
             raise WireError("malformed snapshot meta")
         conf = ConfState(frozenset(_int(v) for v in snap[2]), frozenset(_int(v) for v in snap[3]))
         snapshot = SnapshotMeta(_int(snap[0]), _int(snap[1]), conf)

@@ -1,0 +1,70 @@
+"""raft.db: durability format, truncation, checksums and identity checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from kvraft.raft.types import ConfState, Entry, HardState, SnapshotMeta
+from kvraft.storage.raftlog import CorruptLog, RaftLogStore, WrongReplica
+
+
+def _store(p: Path) -> RaftLogStore:
+    return RaftLogStore(p, node_id=1, group_id=1)
+
+
+def test_save_load_and_truncate(tmp_path: Path) -> None:
+    p = tmp_path / "raft.db"
+    s = _store(p)
+    s.save(HardState(2, 3), [Entry(i, 1, b"x%d" % i) for i in range(1, 6)])
+    s.save(None, [Entry(4, 2, b"new4")])  # a conflicting suffix from index 4 is replaced
+    s.close()
+    loaded = _store(p).load()
+    assert loaded.hard_state == HardState(2, 3)
+    assert [(e.index, e.term) for e in loaded.entries] == [(1, 1), (2, 1), (3, 1), (4, 2)]
+    assert loaded.entries[-1].data == b"new4"
+
+
+def test_corrupt_entry_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "raft.db"
+    s = _store(p)
+    s.save(HardState(1, 1), [Entry(1, 1, b"hello")])
+    s.close()
+    c = sqlite3.connect(p)
+    c.execute("UPDATE entries SET data = ? WHERE idx = 1", (b"hellO",))
+    c.commit()
+    c.close()
+    with pytest.raises(CorruptLog, match="checksum mismatch in entry 1"):
+        _store(p).load()
+
+
+def test_gap_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "raft.db"
+    s = _store(p)
+    s.save(HardState(1, 1), [Entry(i, 1, b"") for i in range(1, 4)])
+    s.conn.execute("DELETE FROM entries WHERE idx = 2")
+    with pytest.raises(CorruptLog, match="gap"):
+        s.load()
+
+
+def test_other_nodes_directory_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "raft.db"
+    _store(p).close()
+    with pytest.raises(WrongReplica):
+        RaftLogStore(p, node_id=2, group_id=1)
+
+
+def test_compact_keeps_suffix_and_snapshot_meta(tmp_path: Path) -> None:
+    p = tmp_path / "raft.db"
+    s = _store(p)
+    conf = ConfState(frozenset({1, 2, 3}))
+    s.set_conf(conf)
+    s.save(HardState(1, 1), [Entry(i, 1, b"") for i in range(1, 11)])
+    s.compact(SnapshotMeta(6, 1, conf))
+    loaded = s.load()
+    assert loaded.snapshot == SnapshotMeta(6, 1, conf)
+    assert [e.index for e in loaded.entries] == [7, 8, 9, 10]
+    s.compact(SnapshotMeta(20, 3, conf))  # an installed snapshot beyond the log
+    assert s.load().entries == []
