@@ -206,12 +206,14 @@ def status(addrs: str, as_json: bool) -> None:
 
 def _register_subcommands() -> None:
     from kvraft.bench import bench
+    from kvraft.chaos.command import chaos_command
     from kvraft.check.command import check_command
     from kvraft.local import up
 
     main.add_command(up)
     main.add_command(bench)
     main.add_command(check_command, name="check")
+    main.add_command(chaos_command, name="chaos")
 
 
 _register_subcommands()

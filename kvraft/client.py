@@ -73,6 +73,10 @@ class _Session:
         return min(self.inflight) if self.inflight else self.next_seq
 
 
+class _SessionLost(errors.KvraftError):
+    """The server no longer knows this session, and this write never reached it."""
+
+
 class _Attempt:
     """What one HTTP attempt told us."""
 
@@ -174,20 +178,29 @@ class AsyncClient:
     async def _write(self, op: str, method: str, path: str, key: str,
                      value: str | None) -> _Attempt:
         rec = self._invoke(op, key, value)
-        sess = self._session_obj
-        seq = sess.begin()
-        try:
-            a = await self._call(method, path, key, value, write=(sess, seq))
-        except errors.OutcomeUnknown:
-            self._complete(rec, "unknown")
-            raise
-        except errors.KvraftError:
-            self._complete(rec, "fail")
-            raise
-        finally:
-            sess.inflight.discard(seq)
-        self._complete(rec, "ok")
-        return a
+        for fresh in (False, True):
+            if fresh:  # the server forgot our session before this write reached it
+                self._session_obj = _Session(uuid.uuid4().hex)
+            sess = self._session_obj
+            seq = sess.begin()
+            try:
+                a = await self._call(method, path, key, value, write=(sess, seq))
+            except _SessionLost as e:
+                if fresh:
+                    self._complete(rec, "fail")
+                    raise errors.Unavailable(f"session refused twice: {e}") from None
+                continue
+            except errors.OutcomeUnknown:
+                self._complete(rec, "unknown")
+                raise
+            except errors.KvraftError:
+                self._complete(rec, "fail")
+                raise
+            finally:
+                sess.inflight.discard(seq)
+            self._complete(rec, "ok")
+            return a
+        raise AssertionError("unreachable")
 
     async def _call(self, method: str, path: str, key: str, value: str | None,
                     write: tuple[_Session, int] | None) -> _Attempt:
@@ -230,9 +243,12 @@ class AsyncClient:
                     cls = errors.TooLarge if a.status == 413 else errors.InvalidArgument
                     raise cls(a.body.get("message", code))
                 if a.status == 409:
+                    if not maybe_applied:
+                        raise _SessionLost(a.body.get("message", code))
                     raise errors.SessionExpired(a.body.get("message", code))
-                if code == "outcome_unknown":
-                    maybe_applied = True
+                if code == "outcome_unknown" or (a.status >= 500 and code not in (
+                        "no_leader", "unavailable")):
+                    maybe_applied = maybe_applied or write is not None
                 last_error = f"{addr}: {a.status} {code} {a.body.get('message', '')}".strip()
                 self._leader = None
             await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))

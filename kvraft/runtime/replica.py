@@ -333,9 +333,10 @@ class Replica:
             self._proposals.clear()
 
     def _fail_all(self, exc: Exception) -> None:
+        """Fail every waiter: proposals with OutcomeUnknown (they may still commit)."""
         for _, fut in self._proposals.values():
             if not fut.done():
-                fut.set_exception(exc)
+                fut.set_exception(errors.OutcomeUnknown(f"write outcome unknown: {exc}"))
         self._proposals.clear()
         for fut in self._reads.values():
             if not fut.done():

@@ -1,0 +1,200 @@
+"""The nemesis: faults injected into a local cluster of real node processes.
+
+Every choice comes from one ``random.Random(seed)``, so the schedule of a run (which
+fault, on which nodes, for how long) is reproducible from its seed; the timing of the
+processes themselves is not.
+
+Fault kinds:
+
+- ``kill``: SIGKILL a random node, restart it later;
+- ``kill-leader``: SIGKILL the current leader, restart it later;
+- ``pause``: SIGSTOP a random node (the leader half of the time), SIGCONT later;
+- ``partition``: a random majority/minority split (both directions);
+- ``isolate-leader``: the leader alone on one side;
+- ``bridge``: two halves that only one node (the bridge) sees both of;
+- ``one-way``: one node's outbound traffic is dropped (it still hears the others);
+- ``delay``: every node delays its outbound frames by up to N ms;
+- ``loss``: every node drops a fraction of its outbound frames;
+- ``majority-down``: SIGSTOP a majority of the nodes (no quorum: writes fail or end
+  with an unknown outcome), SIGCONT later.
+
+Partitions, delay and loss act inside each node's transport through the admin endpoint
+(which requires the cluster secret).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvraft.testing.cluster import LocalCluster
+
+log = logging.getLogger("kvraft.chaos")
+
+FAULT_KINDS = ("kill", "kill-leader", "pause", "partition", "isolate-leader", "bridge",
+               "one-way", "delay", "loss", "majority-down")
+
+
+@dataclass(slots=True)
+class NemesisSettings:
+    kinds: tuple[str, ...] = FAULT_KINDS
+    hold_s: tuple[float, float] = (1.0, 4.0)
+    """How long a fault lasts (uniform range)."""
+    quiet_s: tuple[float, float] = (0.5, 2.0)
+    """How long the cluster runs healthy between faults."""
+    delay_ms: float = 50.0
+    loss: float = 0.2
+
+
+@dataclass(slots=True)
+class Nemesis:
+    cluster: LocalCluster
+    rng: random.Random
+    settings: NemesisSettings = field(default_factory=NemesisSettings)
+    counts: Counter[str] = field(default_factory=Counter)
+    events: list[str] = field(default_factory=list)
+    _t0: float = field(default_factory=time.monotonic)
+
+    def _say(self, text: str) -> None:
+        line = f"[{time.monotonic() - self._t0:7.2f}s] {text}"
+        self.events.append(line)
+        log.info("%s", line)
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Inject faults one after another until ``should_stop()``; always heals."""
+        try:
+            while not should_stop():
+                self._sleep(self.rng.uniform(*self.settings.quiet_s), should_stop)
+                if should_stop():
+                    break
+                kind = self.rng.choice(self.settings.kinds)
+                undo = self._inject(kind)
+                self.counts[kind] += 1
+                self._sleep(self.rng.uniform(*self.settings.hold_s), should_stop)
+                undo()
+        finally:
+            self.heal_all()
+
+    @staticmethod
+    def _sleep(seconds: float, should_stop: Callable[[], bool]) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not should_stop():
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+    # --- faults --------------------------------------------------------------------
+
+    def _leader_or_random(self) -> int:
+        lead = self.cluster.leader()
+        return lead if lead is not None else self.rng.choice(self.cluster.ids)
+
+    def _inject(self, kind: str) -> Callable[[], None]:
+        c = self.cluster
+        ids = list(c.ids)
+        if kind in ("kill", "kill-leader"):
+            victim = self._leader_or_random() if kind == "kill-leader" else self.rng.choice(ids)
+            self._say(f"{kind}: SIGKILL node {victim}")
+            c.kill(victim, signal.SIGKILL)
+            return lambda: self._restart(victim)
+        if kind == "pause":
+            victim = self._leader_or_random() if self.rng.random() < 0.5 else self.rng.choice(ids)
+            self._say(f"pause: SIGSTOP node {victim}")
+            c.pause(victim)
+            return lambda: self._resume(victim)
+        if kind == "majority-down":
+            victims = self.rng.sample(ids, len(ids) // 2 + 1)
+            self._say(f"majority-down: SIGSTOP nodes {sorted(victims)}")
+            for v in victims:
+                c.pause(v)
+            return lambda: [self._resume(v) for v in victims] and None
+        if kind == "partition":
+            self.rng.shuffle(ids)
+            k = len(ids) // 2
+            self._partition([set(ids[:k]), set(ids[k:])], kind)
+        elif kind == "isolate-leader":
+            lead = self._leader_or_random()
+            self._partition([{lead}, set(ids) - {lead}], kind)
+        elif kind == "bridge":
+            self.rng.shuffle(ids)
+            bridge, rest = ids[0], ids[1:]
+            half = len(rest) // 2
+            left, right = set(rest[:half]), set(rest[half:])
+            blocked = {i: set() for i in c.ids}
+            for a in left:
+                for b in right:
+                    blocked[a].add(b)
+                    blocked[b].add(a)
+            self._say(f"bridge: {sorted(left)} <-> {bridge} <-> {sorted(right)}")
+            self._apply_blocks(blocked, blocked)
+        elif kind == "one-way":
+            victim = self._leader_or_random() if self.rng.random() < 0.5 else self.rng.choice(ids)
+            others = [j for j in ids if j != victim]
+            self._say(f"one-way: node {victim} cannot send to {others}")
+            self._set(victim, blocked_out=others)
+        elif kind == "delay":
+            self._say(f"delay: up to {self.settings.delay_ms} ms on every link")
+            for i in ids:
+                self._set(i, delay_ms=self.settings.delay_ms)
+        elif kind == "loss":
+            self._say(f"loss: {self.settings.loss:.0%} of frames dropped on every link")
+            for i in ids:
+                self._set(i, loss=self.settings.loss)
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        return self._heal_network
+
+    def _partition(self, sides: list[set[int]], kind: str) -> None:
+        blocked: dict[int, set[int]] = {i: set() for i in self.cluster.ids}
+        for side in sides:
+            for i in side:
+                blocked[i] = set(self.cluster.ids) - side
+        self._say(f"{kind}: {' | '.join(str(sorted(s)) for s in sides)}")
+        self._apply_blocks(blocked, blocked)
+
+    def _apply_blocks(self, out: dict[int, set[int]], inn: dict[int, set[int]]) -> None:
+        for i in self.cluster.ids:
+            self._set(i, blocked_out=sorted(out[i]), blocked_in=sorted(inn[i]))
+
+    def _set(self, i: int, **rules: object) -> None:
+        c = self.cluster
+        if not c.running(i) or i in c.paused:
+            return
+        try:
+            c.set_faults(i, **rules)
+        except Exception as e:  # a node that just died cannot take rules; fine
+            self._say(f"could not set faults on node {i}: {e}")
+
+    def _heal_network(self) -> None:
+        self._say("heal network")
+        try:
+            self.cluster.heal()
+        except Exception as e:
+            self._say(f"heal failed on some node: {e}")
+
+    def _restart(self, i: int) -> None:
+        self._say(f"restart node {i}")
+        self.cluster.start_node(i)
+
+    def _resume(self, i: int) -> None:
+        self._say(f"resume: SIGCONT node {i}")
+        self.cluster.resume(i)
+
+    def heal_all(self) -> None:
+        """Undo everything: resume paused nodes, restart dead ones, clear network faults."""
+        c = self.cluster
+        for i in list(c.paused):
+            self._resume(i)
+        for i in c.ids:
+            if not c.running(i):
+                self._restart(i)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                c.heal()
+                return
+            except Exception:
+                time.sleep(0.2)

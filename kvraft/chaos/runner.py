@@ -1,0 +1,199 @@
+"""``kvraft chaos``: recorded clients + the nemesis + the checkers, in one bounded run.
+
+1. Start a local cluster of real node processes on 127.0.0.1.
+2. Run N concurrent recording clients (each its own session) on a few keys: the
+   ``k*`` keys get get/put/append/delete with unique values, the ``a*`` keys get only
+   appends of unique tokens and reads.
+3. Meanwhile the nemesis injects faults on a seeded schedule.
+4. Heal everything, wait for a leader, read every key once more (recorded too).
+5. Check: the history is linearizable (``kvraft.check``); every acknowledged append
+   appears exactly once in the final value of its key, an append of unknown outcome at
+   most once, and a failed one (definitely not applied) never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvraft import errors
+from kvraft.chaos.nemesis import Nemesis, NemesisSettings
+from kvraft.check import check_history
+from kvraft.check.history import Operation
+from kvraft.client import AsyncClient
+from kvraft.recorder import HistoryRecorder
+from kvraft.testing.cluster import LocalCluster
+
+
+@dataclass(slots=True)
+class ChaosSettings:
+    seed: int
+    nodes: int = 3
+    duration_s: float = 30.0
+    clients: int = 8
+    mixed_keys: int = 3
+    append_keys: int = 2
+    nemesis: NemesisSettings = field(default_factory=NemesisSettings)
+    data_dir: Path | None = None
+    history_path: Path | None = None
+    check_budget_s: float = 120.0
+    op_timeout_s: float = 2.0
+    tick_ms: int = 25
+
+
+@dataclass(slots=True)
+class ChaosReport:
+    seed: int
+    outcomes: Counter[str]
+    faults: Counter[str]
+    verdict: str
+    anomalies: list[str]
+    elapsed_s: float
+    check: dict[str, Any]
+    events: list[str]
+    data_dir: str
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == "ok" and not self.anomalies
+
+    def summary(self) -> str:
+        lines = [
+            f"seed {self.seed}: {sum(self.outcomes.values())} operations "
+            f"(ok {self.outcomes['ok']}, failed {self.outcomes['fail']}, "
+            f"unknown {self.outcomes['unknown']}) in {self.elapsed_s:.1f}s",
+            "faults: " + (", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
+                          or "none"),
+            f"linearizability: {self.verdict}",
+        ]
+        lines += [f"ANOMALY: {a}" for a in self.anomalies]
+        lines.append("PASS" if self.ok else f"FAIL (replay with --seed {self.seed}; "
+                                             f"data in {self.data_dir})")
+        return "\n".join(lines)
+
+
+async def _client_loop(c: AsyncClient, rng: random.Random, keys: list[str], akeys: list[str],
+                       stop: threading.Event, appended: dict[str, str]) -> None:
+    n = 0
+    while not stop.is_set():
+        n += 1
+        use_append_key = akeys and rng.random() < 0.4
+        try:
+            if use_append_key:
+                key = rng.choice(akeys)
+                if rng.random() < 0.7:
+                    token = f"[{c.name}.{n}]"
+                    appended[token] = key
+                    await c.append(key, token)
+                else:
+                    await c.get(key)
+                continue
+            key = rng.choice(keys)
+            r = rng.random()
+            if r < 0.4:
+                await c.get(key)
+            elif r < 0.7:
+                await c.put(key, f"{c.name}.{n}")
+            elif r < 0.9:
+                await c.append(key, f"+{c.name}.{n}")
+            else:
+                await c.delete(key)
+        except errors.KvraftError:
+            await asyncio.sleep(0.01)
+
+
+async def _workload(cfg: ChaosSettings, addrs: list[str], recorder: HistoryRecorder,
+                    stop: threading.Event, appended: dict[str, str]) -> None:
+    keys = [f"k{i}" for i in range(cfg.mixed_keys)]
+    akeys = [f"a{i}" for i in range(cfg.append_keys)]
+    clients = [AsyncClient(addrs, timeout_s=cfg.op_timeout_s, attempt_timeout_s=0.5,
+                           recorder=recorder, name=f"c{i}") for i in range(cfg.clients)]
+    try:
+        await asyncio.gather(*(
+            _client_loop(c, random.Random(cfg.seed * 1000 + i), keys, akeys, stop, appended)
+            for i, c in enumerate(clients)))
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def _final_reads(addrs: list[str], keys: list[str], recorder: HistoryRecorder
+                       ) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    async with AsyncClient(addrs, timeout_s=30.0, recorder=recorder, name="final") as c:
+        for k in keys:
+            out[k] = await c.get(k)
+    return out
+
+
+def _append_anomalies(ops: list[Operation], appended: dict[str, str],
+                      final: dict[str, str | None]) -> list[str]:
+    anomalies = []
+    for op in ops:
+        if op.op != "append" or not op.key.startswith("a") or op.value is None:
+            continue
+        count = (final.get(op.key) or "").count(op.value)
+        if op.outcome == "ok" and count != 1:
+            anomalies.append(f"acknowledged append {op.value} to {op.key} appears {count} times")
+        elif op.outcome == "unknown" and count > 1:
+            anomalies.append(f"append {op.value} of unknown outcome appears {count} times")
+        elif op.outcome == "fail" and count != 0:
+            anomalies.append(f"failed append {op.value} appears {count} times")
+    return anomalies
+
+
+def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> ChaosReport:
+    """One bounded chaos run; see the module docstring."""
+    t0 = time.monotonic()
+    root = cfg.data_dir or Path(tempfile.mkdtemp(prefix=f"kvraft-chaos-{cfg.seed}-"))
+    own_cluster = cluster is None
+    c = cluster or LocalCluster(root, nodes=cfg.nodes, tick_ms=cfg.tick_ms)
+    recorder = HistoryRecorder(cfg.history_path)
+    appended: dict[str, str] = {}
+    nemesis = Nemesis(c, random.Random(cfg.seed), cfg.nemesis)
+    stop = threading.Event()
+    try:
+        if own_cluster:
+            c.start()
+        c.wait_for_leader(timeout_s=30)
+        deadline = time.monotonic() + cfg.duration_s
+        nem = threading.Thread(target=nemesis.run,
+                               args=(lambda: stop.is_set() or time.monotonic() > deadline,),
+                               name="nemesis", daemon=True)
+        nem.start()
+        timer = threading.Timer(cfg.duration_s, stop.set)
+        timer.start()
+        try:
+            asyncio.run(_workload(cfg, c.addr_list, recorder, stop, appended))
+        finally:
+            stop.set()
+            timer.cancel()
+            nem.join(timeout=60)
+        nemesis.heal_all()
+        c.wait_for_leader(timeout_s=30)
+        keys = [f"k{i}" for i in range(cfg.mixed_keys)] + [f"a{i}" for i in range(cfg.append_keys)]
+        final = asyncio.run(_final_reads(c.addr_list, keys, recorder))
+    finally:
+        ops = recorder.close()
+        if own_cluster:
+            c.stop()
+    result = check_history(ops, time_budget_s=cfg.check_budget_s)
+    anomalies = _append_anomalies(ops, appended, final)
+    return ChaosReport(seed=cfg.seed, outcomes=Counter(o.outcome for o in ops),
+                       faults=nemesis.counts, verdict=result.verdict, anomalies=anomalies,
+                       elapsed_s=time.monotonic() - t0, check=result.to_json(),
+                       events=nemesis.events, data_dir=str(root))
+
+
+def report_json(r: ChaosReport) -> str:
+    return json.dumps({"seed": r.seed, "ok": r.ok, "verdict": r.verdict,
+                       "outcomes": dict(r.outcomes), "faults": dict(r.faults),
+                       "anomalies": r.anomalies, "elapsed_s": round(r.elapsed_s, 2)})
