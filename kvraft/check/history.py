@@ -181,7 +181,9 @@ def loads_history(text: str) -> list[Operation]:
     """
     ops: list[Operation] = []
     seen: dict[int, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() would also split inside strings
+    # holding characters such as U+2028 or U+0085.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -214,9 +216,9 @@ def load_history(path: str | os.PathLike[str]) -> list[Operation]:
 
 
 def dumps_history(ops: Iterable[Operation]) -> str:
-    """Serialise ``ops`` as JSON lines (each line newline-terminated)."""
+    """Serialise ``ops`` as JSON lines (ASCII, each line newline-terminated)."""
     return "".join(
-        json.dumps(operation_to_json(op), ensure_ascii=False, separators=(", ", ": ")) + "\n"
+        json.dumps(operation_to_json(op), separators=(", ", ": ")) + "\n"
         for op in ops
     )
 
