@@ -113,7 +113,11 @@ class RaftLog:
             if t is not None and t <= term:
                 return index, t
             index -= 1
-        return index, self.snapshot_term if index == self.snapshot_index else 0
+        if index < self.snapshot_index:
+            return index, 0  # compacted: the term is unknown, assume a possible match
+        if self.snapshot_term <= term:
+            return index, self.snapshot_term
+        return max(0, index - 1), 0
 
     # --- changes ---------------------------------------------------------------
 

@@ -47,6 +47,11 @@ class Inflights:
         while items and items[0][0] <= index:
             self._bytes -= items.popleft()[1]
 
+    def free_first_one(self) -> None:
+        """Forget the oldest message (used to unblock a window whose messages were lost)."""
+        if self._items:
+            self.free_le(self._items[0][0])
+
     def reset(self) -> None:
         self._items.clear()
         self._bytes = 0

@@ -228,7 +228,7 @@ def _handle_snapshot(r: RaftCore, m: Message) -> None:
         index = log.committed
     elif log.match_term(s.index, s.term):
         log.commit_to(s.index)  # we already hold the entries it covers
-        index = log.last_index()
+        index = s.index  # not last_index(): entries past the snapshot may be stale
     else:
         log.restore(s.index, s.term)
         r.conf = s.conf
@@ -254,6 +254,10 @@ def _step_leader(r: RaftCore, m: Message) -> None:
     elif m.type == MsgType.HEARTBEAT_RESP:
         pr.recent_active = True
         pr.probe_sent = False
+        if pr.state == ProgressState.REPLICATE and pr.inflights.full():
+            # The follower is alive but its window may be full of lost appends: make
+            # room for one more, which it answers (a rejection resets the stream).
+            pr.inflights.free_first_one()
         if pr.match < r.log.last_index():
             send_append(r, m.frm)
         _ack_read(r, m.frm, m.ctx)

@@ -1,0 +1,1 @@
+"""Golden interaction tests of the Raft core (see ``interpreter.py``)."""
