@@ -62,9 +62,13 @@ def test_compact_keeps_suffix_and_snapshot_meta(tmp_path: Path) -> None:
     conf = ConfState(frozenset({1, 2, 3}))
     s.set_conf(conf)
     s.save(HardState(1, 1), [Entry(i, 1, b"") for i in range(1, 11)])
-    s.compact(SnapshotMeta(6, 1, conf))
+    s.compact(SnapshotMeta(8, 1, conf), (6, 1))  # keep 7..8 for lagging followers
     loaded = s.load()
-    assert loaded.snapshot == SnapshotMeta(6, 1, conf)
+    assert loaded.snapshot == SnapshotMeta(8, 1, conf)
+    assert loaded.log_start == (6, 1)
     assert [e.index for e in loaded.entries] == [7, 8, 9, 10]
-    s.compact(SnapshotMeta(20, 3, conf))  # an installed snapshot beyond the log
-    assert s.load().entries == []
+    s.compact(SnapshotMeta(20, 3, conf), (20, 3))  # an installed snapshot beyond the log
+    loaded = s.load()
+    assert loaded.entries == [] and loaded.log_start == (20, 3)
+    s.save(None, [Entry(21, 3, b"next")])
+    assert [e.index for e in s.load().entries] == [21]

@@ -62,6 +62,9 @@ def conf_from_json(text: str) -> ConfState:
 class LoadedLog:
     hard_state: HardState
     snapshot: SnapshotMeta | None
+    """The newest snapshot this replica holds (entries up to it may be compacted)."""
+    log_start: tuple[int, int]
+    """(index, term) of the entry just before ``entries[0]``: the compaction point."""
     entries: list[Entry]
     conf: ConfState | None
 
@@ -107,24 +110,25 @@ class RaftLogStore:
         if "snap_index" in meta and conf is not None:
             snap = SnapshotMeta(int(meta["snap_index"]), int(meta["snap_term"]),
                                 conf_from_json(meta.get("snap_conf", meta["conf"])))
+        log_start = (int(meta.get("log_start_index", snap.index if snap else 0)),
+                     int(meta.get("log_start_term", snap.term if snap else 0)))
         entries: list[Entry] = []
-        expect = snap.index + 1 if snap else None
+        expect = log_start[0] + 1
         for idx, term, kind, data, crc in self.conn.execute(
                 "SELECT idx, term, kind, data, crc FROM entries ORDER BY idx"):
             e = Entry(idx, term, bytes(data), kind)
             if entry_crc(e) != crc:
                 raise CorruptLog(f"{self.path}: checksum mismatch in entry {idx}")
-            if expect is None:
-                expect = idx
             if idx != expect:
                 raise CorruptLog(f"{self.path}: gap in log at index {expect} (found {idx})")
             if entries and term < entries[-1].term:
                 raise CorruptLog(f"{self.path}: term decreases at index {idx}")
             entries.append(e)
             expect = idx + 1
-        if entries and snap is None and entries[0].index != 1:
-            raise CorruptLog(f"{self.path}: log starts at {entries[0].index} without a snapshot")
-        return LoadedLog(hs, snap, entries, conf)
+        if snap is not None and snap.index < log_start[0]:
+            raise CorruptLog(f"{self.path}: log compacted to {log_start[0]} beyond the newest "
+                             f"snapshot {snap.index}")
+        return LoadedLog(hs, snap, log_start, entries, conf)
 
     def save(self, hard_state: HardState | None, entries: Sequence[Entry]) -> None:
         """Durably store the hard state and entries (replacing any suffix from entries[0])."""
@@ -148,27 +152,28 @@ class RaftLogStore:
     def set_conf(self, conf: ConfState) -> None:
         self._set_meta({"conf": conf_to_json(conf)})
 
-    def compact(self, snap: SnapshotMeta) -> None:
-        """Record that a durable snapshot covers ``snap.index`` and drop entries up to it.
+    def compact(self, snap: SnapshotMeta, log_start: tuple[int, int]) -> None:
+        """Record the newest durable snapshot and drop entries up to ``log_start[0]``.
 
-        With ``snap.index`` beyond the last entry (an installed snapshot), every entry
-        is dropped.
+        ``log_start`` (index, term) is the compaction point, at or below the snapshot;
+        entries between it and the snapshot stay so a slightly lagging follower can
+        still be served from the log. If the entry at ``log_start`` does not have
+        ``log_start[1]`` as its term, or lies beyond the last entry (an installed
+        snapshot replacing the log), every entry is dropped.
         """
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            last = c.execute("SELECT MAX(idx) FROM entries").fetchone()[0] or 0
-            if snap.index >= last:
+            index, term = log_start
+            row = c.execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
+            if row is None or row[0] != term:
                 c.execute("DELETE FROM entries")
             else:
-                row = c.execute("SELECT term FROM entries WHERE idx = ?", (snap.index,)).fetchone()
-                if row is not None and row[0] != snap.term:
-                    c.execute("DELETE FROM entries")
-                else:
-                    c.execute("DELETE FROM entries WHERE idx <= ?", (snap.index,))
+                c.execute("DELETE FROM entries WHERE idx <= ?", (index,))
             c.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (
                 ("snap_index", str(snap.index)), ("snap_term", str(snap.term)),
-                ("snap_conf", conf_to_json(snap.conf)), ("conf", conf_to_json(snap.conf))))
+                ("snap_conf", conf_to_json(snap.conf)), ("conf", conf_to_json(snap.conf)),
+                ("log_start_index", str(index)), ("log_start_term", str(term))))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")

@@ -11,12 +11,15 @@ presence means the snapshot is complete; objects without a valid manifest are
 ignored when listing and removed by retention once older than the oldest kept
 snapshot.
 
-Every S3 or network failure surfaces as a :class:`SnapshotStoreError`;
-transient ones (unreachable endpoint, timeouts, throttling, HTTP 5xx) as
-:class:`StoreUnavailable`, so a replica can count, log and retry later instead
-of crashing.  Local file errors are plain :class:`OSError`, bad arguments
-:class:`ValueError`.  Methods block (use ``asyncio.to_thread`` from async
-code); a store may be shared between threads.
+:class:`Manifest`, the error classes and the key layout are defined in
+:mod:`kvraft.storage.s3_manifest` and re-exported here.
+
+Every S3 or network failure surfaces as a :class:`SnapshotStoreError` (a
+:class:`kvraft.errors.KvraftError`); transient ones (unreachable endpoint,
+timeouts, throttling, HTTP 5xx) as :class:`StoreUnavailable`, so a replica can
+count, log and retry later instead of crashing.  Local file errors are plain
+:class:`OSError`, bad arguments :class:`ValueError`.  Methods block (use
+``asyncio.to_thread`` from async code); a store may be shared between threads.
 """
 
 from __future__ import annotations
@@ -28,9 +31,7 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import math
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,10 +44,26 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-log = logging.getLogger(__name__)
+from kvraft.storage.s3_manifest import (
+    DATA_SUFFIX,
+    GROUP_RE,
+    MANIFEST_SUFFIX,
+    NAME_RE,
+    check_non_negative,
+    cluster_key_prefix,
+    group_key_prefix,
+    snapshot_key,
+)
 
-FORMAT_VERSION = 1
-"""Manifest format understood by this module."""
+# Part of this module's API, defined in s3_manifest.
+from kvraft.storage.s3_manifest import FORMAT_VERSION as FORMAT_VERSION
+from kvraft.storage.s3_manifest import CorruptSnapshot as CorruptSnapshot
+from kvraft.storage.s3_manifest import Manifest as Manifest
+from kvraft.storage.s3_manifest import SnapshotNotFound as SnapshotNotFound
+from kvraft.storage.s3_manifest import SnapshotStoreError as SnapshotStoreError
+from kvraft.storage.s3_manifest import StoreUnavailable as StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 MIN_PART_BYTES = 5 * 2**20
 """S3's minimum size of every multipart part except the last."""
@@ -56,112 +73,11 @@ ProgressCallback = Callable[[int, int], None]
 
 _IO_CHUNK = 2**20
 _MAX_MANIFEST_BYTES = 2**20
-_DATA_SUFFIX = ".sqlite"
-_MANIFEST_SUFFIX = ".manifest.json"
-_NAME_RE = re.compile(r"^(\d{20})-(\d{20})(\.sqlite|\.manifest\.json)$")
-_GROUP_RE = re.compile(r"^group-(\d+)/$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _UNAVAILABLE_CODES = frozenset(
     "InternalError RequestTimeout RequestTimeoutException ServiceUnavailable SlowDown Throttling "
     "ThrottlingException RequestLimitExceeded".split()
 )
-
-
-class SnapshotStoreError(Exception):
-    """Base class of every error the snapshot store raises about S3 or snapshot content."""
-
-
-class SnapshotNotFound(SnapshotStoreError):
-    """No complete snapshot matches the request (or its object vanished)."""
-
-
-class CorruptSnapshot(SnapshotStoreError):
-    """A manifest or data object is malformed or does not match its manifest."""
-
-
-class StoreUnavailable(SnapshotStoreError):
-    """S3 is unreachable, timing out, throttling or failing (5xx); retry later."""
-
-
-_STR_FIELDS = ("cluster", "sha256", "created", "object_key", "node")
-_INT_FIELDS = ("group", "index", "term", "size")
-
-
-@dataclasses.dataclass(frozen=True)
-class Manifest:
-    """Description of one complete snapshot, stored next to its data object.
-
-    ``membership`` is an arbitrary JSON value supplied by the uploader (for
-    example ``{"voters": [1, 2, 3]}``); ``node`` identifies the uploader.
-    """
-
-    cluster: str
-    group: int
-    index: int
-    term: int
-    membership: Any
-    size: int
-    sha256: str
-    created_unix: float
-    created: str
-    object_key: str
-    node: str = ""
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def manifest_key(self) -> str:
-        """Key of the manifest object belonging to ``object_key``."""
-        return self.object_key.removesuffix(_DATA_SUFFIX) + _MANIFEST_SUFFIX
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the manifest as a plain JSON-compatible dict."""
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        """Serialise to the on-S3 JSON form (stable key order)."""
-        return json.dumps(self.to_dict(), sort_keys=True, indent=2) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: Any, *, source: str = "manifest") -> Manifest:
-        """Validate and build a manifest; raises :class:`CorruptSnapshot` naming ``source``."""
-        if not isinstance(data, dict):
-            raise CorruptSnapshot(
-                f"{source}: manifest must be a JSON object, got {type(data).__name__}"
-            )
-        version = data.get("format_version")
-        if type(version) is not int or version != FORMAT_VERSION:
-            raise CorruptSnapshot(
-                f"{source}: unsupported manifest format_version {version!r} (expected {FORMAT_VERSION})"
-            )
-        checks = [(name, str) for name in _STR_FIELDS] + [(name, int) for name in _INT_FIELDS]
-        for name, kind in [*checks, ("created_unix", (int, float))]:
-            value = data.get(name)
-            bad_int = kind is int and isinstance(value, int) and value < 0
-            if isinstance(value, bool) or not isinstance(value, kind) or bad_int:
-                raise CorruptSnapshot(f"{source}: manifest field {name!r} is invalid: {value!r}")
-        if "membership" not in data:
-            raise CorruptSnapshot(f"{source}: manifest field 'membership' is missing")
-        if not math.isfinite(data["created_unix"]):
-            raise CorruptSnapshot(f"{source}: manifest field 'created_unix' is not finite")
-        if not _SHA256_RE.match(data["sha256"]):
-            raise CorruptSnapshot(f"{source}: manifest sha256 is not a hex digest")
-        fields = {name: data[name] for name, _kind in checks}
-        return cls(
-            **fields,
-            created_unix=float(data["created_unix"]),
-            membership=data["membership"],
-            format_version=version,
-        )
-
-    @classmethod
-    def from_json(cls, text: str | bytes, *, source: str = "manifest") -> Manifest:
-        """Parse manifest JSON; malformed JSON or a wrong format raises :class:`CorruptSnapshot`."""
-        try:
-            data = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CorruptSnapshot(f"{source}: manifest is not valid JSON: {exc}") from exc
-        return cls.from_dict(data, source=source)
 
 
 def _error_code(exc: ClientError) -> tuple[str, int]:
@@ -196,12 +112,6 @@ def _s3_errors(what: str) -> Iterator[None]:
         yield
     except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
         raise _translate(exc, what) from exc
-
-
-def _check_non_negative(**values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
 
 
 def _hash_file(path: str) -> tuple[int, str]:
@@ -304,7 +214,7 @@ class S3SnapshotStore:
         self.prefix = prefix.strip("/")
         self.cluster = cluster
         self._clock = clock
-        self._cluster_prefix = "/".join(p for p in (self.prefix, cluster) if p) + "/"
+        self._cluster_prefix = cluster_key_prefix(self.prefix, cluster)
         self._transfer_config = TransferConfig(
             multipart_threshold=multipart_threshold_bytes,
             multipart_chunksize=multipart_chunk_bytes,
@@ -325,13 +235,11 @@ class S3SnapshotStore:
 
     def group_prefix(self, group: int) -> str:
         """Key prefix (ending in ``/``) under which ``group``'s snapshots live."""
-        _check_non_negative(group=group)
-        return f"{self._cluster_prefix}group-{group}/snapshots/"
+        return group_key_prefix(self._cluster_prefix, group)
 
-    def data_key(self, group: int, index: int, term: int, suffix: str = _DATA_SUFFIX) -> str:
+    def data_key(self, group: int, index: int, term: int, suffix: str = DATA_SUFFIX) -> str:
         """Key of the data object (or, with ``suffix=".manifest.json"``, the manifest)."""
-        _check_non_negative(index=index, term=term)
-        return f"{self.group_prefix(group)}{index:020d}-{term:020d}{suffix}"
+        return snapshot_key(self._cluster_prefix, group, index, term, suffix)
 
     def _url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -370,7 +278,7 @@ class S3SnapshotStore:
 
     def _read_manifest(self, group: int, index: int, term: int) -> Manifest:
         """Fetch and validate one manifest, including that it matches its location."""
-        key = self.data_key(group, index, term, _MANIFEST_SUFFIX)
+        key = self.data_key(group, index, term, MANIFEST_SUFFIX)
         source = self._url(key)
         with _s3_errors(f"read manifest {source}"):
             response = self._client.get_object(Bucket=self.bucket, Key=key)
@@ -394,12 +302,12 @@ class S3SnapshotStore:
         manifest_ids: list[tuple[int, int]] = []
         data_ids: set[tuple[int, int]] = set()
         for key in self._list(prefix)[0]:
-            match = _NAME_RE.match(key[len(prefix) :])
+            match = NAME_RE.match(key[len(prefix) :])
             if match is None:
                 continue
             ident = (int(match.group(1)), int(match.group(2)))
             keys[key] = ident
-            if match.group(3) == _DATA_SUFFIX:
+            if match.group(3) == DATA_SUFFIX:
                 data_ids.add(ident)
             else:
                 manifest_ids.append(ident)
@@ -408,7 +316,7 @@ class S3SnapshotStore:
             if (index, term) not in data_ids:
                 log.warning(
                     "ignoring manifest without data object: %s",
-                    self._url(self.data_key(group, index, term, _MANIFEST_SUFFIX)),
+                    self._url(self.data_key(group, index, term, MANIFEST_SUFFIX)),
                 )
                 continue
             try:
@@ -433,7 +341,7 @@ class S3SnapshotStore:
         """Group ids that have any object under this cluster's prefix, ascending."""
         groups: set[int] = set()
         for prefix in self._list(self._cluster_prefix, delimiter="/")[1]:
-            match = _GROUP_RE.match(prefix[len(self._cluster_prefix) :])
+            match = GROUP_RE.match(prefix[len(self._cluster_prefix) :])
             if match is not None:
                 groups.add(int(match.group(1)))
         return sorted(groups)
@@ -497,7 +405,7 @@ class S3SnapshotStore:
         ``membership`` must be JSON-serialisable.  ``progress`` is called from
         transfer threads with ``(bytes_sent, size)``.
         """
-        _check_non_negative(group=group, index=index, term=term)
+        check_non_negative(group=group, index=index, term=term)
         try:
             json.dumps(membership)
         except (TypeError, ValueError) as exc:
@@ -610,10 +518,10 @@ class S3SnapshotStore:
             return []
         oldest_kept = (scan.manifests[-keep:][0].index, scan.manifests[-keep:][0].term)
         doomed = sorted(key for key, ident in scan.keys.items() if ident < oldest_kept)
-        manifests = [k for k in doomed if k.endswith(_MANIFEST_SUFFIX)]
+        manifests = [k for k in doomed if k.endswith(MANIFEST_SUFFIX)]
         deleted, failed = self._delete_keys(manifests)
         failed_ids = {scan.keys[k] for k in failed}
-        data = [k for k in doomed if k.endswith(_DATA_SUFFIX) and scan.keys[k] not in failed_ids]
+        data = [k for k in doomed if k.endswith(DATA_SUFFIX) and scan.keys[k] not in failed_ids]
         deleted_data, failed_data = self._delete_keys(data)
         deleted += deleted_data
         if failed or failed_data:
