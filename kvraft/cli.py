@@ -15,8 +15,10 @@ from typing import Any
 import click
 
 from kvraft import errors
+from kvraft.runtime.backup import BackupSettings
 from kvraft.runtime.node import NodeConfig, run_node
 from kvraft.runtime.replica import ReplicaSettings
+from kvraft.runtime.snapshotter import SnapshotSettings
 from kvraft.transport.http_api import Limits
 
 DEFAULT_ADDRS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
@@ -70,12 +72,28 @@ def _load_config(path: str | None) -> dict[str, Any]:
 @click.option("--heartbeat-ticks", type=int, help="Heartbeat interval in ticks [2].")
 @click.option("--max-key-bytes", type=int, help="Largest key accepted [4096].")
 @click.option("--max-value-bytes", type=int, help="Largest value accepted [1048576].")
+@click.option("--snapshot-entries", type=int,
+              help="Snapshot after this many applied entries; 0 disables [10000].")
+@click.option("--snapshot-catchup-entries", type=int,
+              help="Log entries kept below a snapshot for lagging followers [1000].")
+@click.option("--s3-bucket", envvar="KVRAFT_S3_BUCKET", help="Enable S3 backups to this bucket.")
+@click.option("--s3-prefix", envvar="KVRAFT_S3_PREFIX", help="Key prefix in the bucket [kvraft].")
+@click.option("--s3-endpoint-url", envvar="KVRAFT_S3_ENDPOINT_URL",
+              help="S3 endpoint (MinIO, moto); default AWS.")
+@click.option("--s3-region", envvar="AWS_REGION", help="S3 region.")
+@click.option("--cluster-name", envvar="KVRAFT_CLUSTER", help="Cluster name in S3 [default].")
+@click.option("--backup-interval-s", type=float, help="Seconds between uploads [300].")
+@click.option("--backup-keep", type=int, help="Snapshots kept in S3 per group [5].")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_path: str | None, node_id: int | None, listen: str | None,
           peers: tuple[str, ...], data_dir: str | None, secret: str | None,
           tick_ms: int | None, election_ticks: int | None, heartbeat_ticks: int | None,
-          max_key_bytes: int | None, max_value_bytes: int | None, log_level: str) -> None:
+          max_key_bytes: int | None, max_value_bytes: int | None,
+          snapshot_entries: int | None, snapshot_catchup_entries: int | None,
+          s3_bucket: str | None, s3_prefix: str | None, s3_endpoint_url: str | None,
+          s3_region: str | None, cluster_name: str | None, backup_interval_s: float | None,
+          backup_keep: int | None, log_level: str) -> None:
     """Run one node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     file_cfg = _load_config(config_path)
 
@@ -93,15 +111,27 @@ def serve(config_path: str | None, node_id: int | None, listen: str | None,
     data_dir = pick("data_dir", data_dir)
     if node_id is None or listen is None or data_dir is None:
         raise click.UsageError("--id, --listen and --data-dir are required")
+    snaps = SnapshotSettings(
+        entries=pick("snapshot_entries", snapshot_entries, 10_000),
+        catchup_entries=pick("snapshot_catchup_entries", snapshot_catchup_entries, 1_000))
     rs = ReplicaSettings(tick_ms=pick("tick_ms", tick_ms, 50),
                          election_ticks=pick("election_ticks", election_ticks, 10),
-                         heartbeat_ticks=pick("heartbeat_ticks", heartbeat_ticks, 2))
+                         heartbeat_ticks=pick("heartbeat_ticks", heartbeat_ticks, 2),
+                         snapshot=snaps)
+    backup = BackupSettings(
+        bucket=pick("s3_bucket", s3_bucket, "") or "",
+        prefix=pick("s3_prefix", s3_prefix, "kvraft"),
+        cluster=pick("cluster_name", cluster_name, "default"),
+        endpoint_url=pick("s3_endpoint_url", s3_endpoint_url),
+        region=pick("s3_region", s3_region),
+        interval_s=float(pick("backup_interval_s", backup_interval_s, 300.0)),
+        keep=pick("backup_keep", backup_keep, 5))
     limits = Limits(max_key_bytes=pick("max_key_bytes", max_key_bytes, 4096),
                     max_value_bytes=pick("max_value_bytes", max_value_bytes, 1 << 20))
     try:
         cfg = NodeConfig(node_id=int(node_id), listen=str(listen), peers=peer_map,
                          data_dir=Path(data_dir), secret=pick("secret", secret, "") or "",
-                         replica=rs, limits=limits)
+                         replica=rs, limits=limits, backup=backup)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     logging.basicConfig(level=log_level.upper(),
@@ -209,11 +239,14 @@ def _register_subcommands() -> None:
     from kvraft.chaos.command import chaos_command
     from kvraft.check.command import check_command
     from kvraft.local import up
+    from kvraft.restore import backup_command, restore_command
 
     main.add_command(up)
     main.add_command(bench)
     main.add_command(check_command, name="check")
     main.add_command(chaos_command, name="chaos")
+    main.add_command(backup_command, name="backup")
+    main.add_command(restore_command, name="restore")
 
 
 _register_subcommands()

@@ -75,8 +75,12 @@ class InitialState:
     conf: ConfState
     hard_state: HardState = HardState()
     snapshot: SnapshotMeta | None = None
+    """The newest snapshot the replica holds durably (it can send it to followers)."""
     entries: Sequence[Entry] = ()
     applied: int = 0
+    log_start: tuple[int, int] | None = None
+    """(index, term) of the entry before ``entries[0]`` (the compaction point, at or
+    below the snapshot); defaults to the snapshot's (index, term), else (0, 0)."""
 
 
 @dataclass(slots=True)
@@ -102,13 +106,15 @@ class RaftCore:
         self.id = config.id
         self.rng = rng
         snap = state.snapshot
+        start = state.log_start or ((snap.index, snap.term) if snap else (0, 0))
         self.log = RaftLog(
-            snapshot_index=snap.index if snap else 0,
-            snapshot_term=snap.term if snap else 0,
+            snapshot_index=start[0],
+            snapshot_term=start[1],
             entries=state.entries,
             applied=state.applied,
         )
-        self.conf = snap.conf if snap else state.conf
+        self.latest_snapshot = snap
+        self.conf = state.conf
         self.term = state.hard_state.term
         self.vote = state.hard_state.vote
         self.role = Role.FOLLOWER
@@ -197,8 +203,15 @@ class RaftCore:
             pr.become_probe()
 
     def compact(self, index: int) -> None:
-        """The runtime holds a durable snapshot at ``index``: drop the log up to it."""
+        """Drop the log up to ``index`` (applied, durable, and covered by a snapshot)."""
+        if self.latest_snapshot is None or index > self.latest_snapshot.index:
+            raise InvariantViolation(f"compacting to {index} beyond the newest snapshot")
         self.log.compact(index)
+
+    def set_latest_snapshot(self, snap: SnapshotMeta) -> None:
+        """The runtime now holds ``snap`` durably; lagging followers are sent this one."""
+        if self.latest_snapshot is None or snap.index > self.latest_snapshot.index:
+            self.latest_snapshot = snap
 
     def has_ready(self) -> bool:
         log = self.log

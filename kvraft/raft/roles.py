@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from kvraft.raft.errors import NotLeader
 from kvraft.raft.progress import ProgressState
 from kvraft.raft.quorum import VoteResult, committed_index
-from kvraft.raft.types import NONE, Entry, Message, MsgType, Role, SnapshotMeta
+from kvraft.raft.types import NONE, Entry, Message, MsgType, Role
 
 if TYPE_CHECKING:
     from kvraft.raft.core import RaftCore
@@ -233,6 +233,7 @@ def _handle_snapshot(r: RaftCore, m: Message) -> None:
         log.restore(s.index, s.term)
         r.conf = s.conf
         r.snapshot_to_install = s
+        r.latest_snapshot = s
         index = s.index
     r.send(Message(MsgType.APP_RESP, to=m.frm, frm=r.id, term=r.term, index=index))
 
@@ -346,9 +347,9 @@ def _send_all(r: RaftCore, to: int, *, send_if_empty: bool) -> None:
 
 def _send_snapshot(r: RaftCore, to: int) -> bool:
     pr = r.prs[to]
-    if not pr.recent_active:
+    snap = r.latest_snapshot
+    if not pr.recent_active or snap is None or snap.index < r.log.snapshot_index:
         return False
-    snap = SnapshotMeta(r.log.snapshot_index, r.log.snapshot_term, r.conf)
     pr.become_snapshot(snap.index)
     r.send(Message(MsgType.SNAP, to=to, frm=r.id, term=r.term, snapshot=snap))
     return True

@@ -28,14 +28,35 @@ from kvraft import errors
 from kvraft.kv.commands import Command
 from kvraft.kv.machine import Result
 from kvraft.raft import ConfState, Message
+from kvraft.runtime.backup import BackupManager, BackupSettings, NotLeaderForBackup
 from kvraft.runtime.replica import Replica, ReplicaSettings
+from kvraft.storage.snapshots import LocalSnapshot
 from kvraft.transport.admin import AdminAPI
 from kvraft.transport.http_api import ClientAPI, Limits
 from kvraft.transport.peer import PeerTransport
+from kvraft.transport.snapshot_stream import IncomingSnapshot, SnapshotReceiver, send_snapshot
 
 log = logging.getLogger("kvraft.node")
 
 DATA_GROUP = 1
+
+
+class LoopLagMonitor:
+    """Measures how late the event loop wakes up: the longest stall of the node."""
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s = interval_s
+        self.max_s = 0.0
+        self.recent_max_s = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(self.interval_s)
+            lag = loop.time() - t - self.interval_s
+            self.max_s = max(self.max_s, lag)
+            self.recent_max_s = max(self.recent_max_s, lag)
 
 
 @dataclass(slots=True)
@@ -48,6 +69,7 @@ class NodeConfig:
     secret: str
     replica: ReplicaSettings = field(default_factory=ReplicaSettings)
     limits: Limits = field(default_factory=Limits)
+    backup: BackupSettings = field(default_factory=BackupSettings)
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -76,6 +98,10 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._lock_fd: int | None = None
         self.stopped = asyncio.Event()
+        self.backups = BackupManager(config.backup, config.node_id) if config.backup.enabled \
+            else None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.loop_lag = LoopLagMonitor()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -90,7 +116,7 @@ class Node:
         replica = Replica(node_id=cfg.node_id, group_id=DATA_GROUP, conf=conf,
                           data_dir=cfg.data_dir / f"group-{DATA_GROUP}",
                           send=self.transport.send, settings=cfg.replica,
-                          address_of=cfg.peers.get)
+                          address_of=cfg.peers.get, stream_snapshot=self._stream_snapshot)
         await replica.start()
         self.replicas[DATA_GROUP] = replica
         for peer, addr in cfg.peers.items():
@@ -99,12 +125,18 @@ class Node:
         app = web.Application(client_max_size=cfg.limits.max_value_bytes * 2 + 65536)
         ClientAPI(self, cfg.limits).add_routes(app)
         AdminAPI(self.transport).add_routes(app)
+        app.router.add_post("/v1/admin/backup", self._handle_backup)
         self.transport.add_routes(app)
+        SnapshotReceiver(self.transport, self._spool_dir, self._receive_snapshot).add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         host, port = _split_hostport(cfg.listen)
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.loop_lag.run()))
+        if self.backups is not None:
+            self._tasks.append(loop.create_task(self.backups.run(self.replicas)))
         log.info("node %d serving on http://%s (data %s)", cfg.node_id, cfg.listen, cfg.data_dir)
 
     def _lock(self) -> None:
@@ -121,6 +153,13 @@ class Node:
         self._lock_fd = fd
 
     async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.backups is not None:
+            self.backups.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.transport is not None:
@@ -150,6 +189,50 @@ class Node:
         if r is not None:
             r.unreachable(peer)
 
+    # --- snapshots and backups -------------------------------------------------------
+
+    async def _stream_snapshot(self, peer: int, group: int, msg: Message,
+                               snap: LocalSnapshot) -> None:
+        addr = self.cfg.peers.get(peer)
+        if addr is None or self.transport is None:
+            raise ConnectionError(f"no address for node {peer}")
+        if peer in self.transport.faults.blocked_out:
+            raise ConnectionError(f"link to node {peer} is blocked")
+        await send_snapshot(self.transport, addr, group, msg, snap.path, snap.size, snap.sha256)
+
+    def _spool_dir(self, group: int) -> Path | None:
+        r = self.replicas.get(group)
+        return None if r is None else r.dir / "snapshots"
+
+    async def _receive_snapshot(self, inc: IncomingSnapshot) -> None:
+        await self.replicas[inc.group].receive_snapshot(inc)
+
+    async def _handle_backup(self, request: web.Request) -> web.Response:
+        assert self.transport is not None
+        if not self.transport.authorized(request):
+            return web.json_response({"error": "unauthorized",
+                                      "message": "backup without a valid cluster secret"},
+                                     status=401)
+        if self.backups is None:
+            return web.json_response({"error": "not_configured", "message":
+                                      "S3 backups are not configured (--s3-bucket)"}, status=400)
+        try:
+            replica = self.replicas[int(request.query.get("group", DATA_GROUP))]
+        except (KeyError, ValueError):
+            return web.json_response({"error": "bad_request", "message": "unknown group"},
+                                     status=400)
+        try:
+            manifest, uploaded = await self.backups.backup(replica)
+        except NotLeaderForBackup as e:
+            leader = replica.soft.leader
+            return web.json_response({"error": "not_leader", "message": str(e),
+                                      "leader": self.cfg.peers.get(leader)}, status=409)
+        except Exception as e:
+            return web.json_response({"error": "backup_failed",
+                                      "message": f"{type(e).__name__}: {e}"}, status=503)
+        return web.json_response({"manifest": manifest.to_dict(), "uploaded": uploaded,
+                                  "bucket": self.cfg.backup.bucket})
+
     # --- KVService ---------------------------------------------------------------------
 
     def _replica_for(self, key: str) -> Replica:
@@ -168,6 +251,8 @@ class Node:
         return {
             "node": self.cfg.node_id,
             "address": self.cfg.listen,
+            "loop_lag_max_ms": round(self.loop_lag.max_s * 1000, 2),
+            "backup": self.backups.status() if self.backups else {"enabled": False},
             "groups": {str(g): r.status() for g, r in self.replicas.items()},
             "transport": None if t is None else {
                 "peers": {str(p): {"address": link.addr, "connected": link.connected}

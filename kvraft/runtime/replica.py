@@ -26,9 +26,10 @@ import asyncio
 import heapq
 import logging
 import random
+from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,17 @@ from kvraft.raft import (
     SoftState,
 )
 from kvraft.raft import NotLeader as CoreNotLeader
+from kvraft.runtime.snapshotter import (
+    InstallItem,
+    SnapshotSettings,
+    Snapshotter,
+    StreamSnapshot,
+    recover_state,
+)
 from kvraft.storage.raftlog import RaftLogStore
+from kvraft.storage.snapshots import LocalSnapshot
 from kvraft.storage.statedb import StateStore
+from kvraft.transport.snapshot_stream import IncomingSnapshot
 
 log = logging.getLogger("kvraft.replica")
 
@@ -65,12 +75,14 @@ class ReplicaSettings:
     max_msg_bytes: int = 1 << 20
     max_inflight_msgs: int = 256
     max_sessions: int = 100_000
+    snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
 
 
 class Replica:
     def __init__(self, *, node_id: int, group_id: int, conf: ConfState, data_dir: Path,
                  send: Callable[[int, list[Message]], None], settings: ReplicaSettings,
-                 address_of: Callable[[int], str | None]) -> None:
+                 address_of: Callable[[int], str | None],
+                 stream_snapshot: StreamSnapshot | None = None) -> None:
         self.node_id = node_id
         self.group_id = group_id
         self.initial_conf = conf
@@ -85,28 +97,33 @@ class Replica:
         self._parked_reads: list[tuple[int, int]] = []
         self._read_ctx = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._log_io = ThreadPoolExecutor(1, thread_name_prefix=f"raftlog-g{group_id}")
+        self.log_io = ThreadPoolExecutor(1, thread_name_prefix=f"raftlog-g{group_id}")
         self._sm_io = ThreadPoolExecutor(1, thread_name_prefix=f"state-g{group_id}")
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         self.soft = SoftState(NONE, Role.FOLLOWER, 0)
         self.ready_batches = 0
         self.applied_index = 0
-        self._apply_queue: asyncio.Queue[list[Entry]] = asyncio.Queue()
+        self._apply_items: deque[list[Entry] | InstallItem] = deque()
+        self._apply_wake = asyncio.Event()
         self.entries_persisted = 0
+        self.snapshotter = Snapshotter(self, settings.snapshot, stream_snapshot)
 
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
-        self.raftlog, self.state = await loop.run_in_executor(self._log_io, self._open)
-        loaded = await loop.run_in_executor(self._log_io, self.raftlog.load)
+        self.raftlog, self.state = await loop.run_in_executor(self.log_io, self._open)
+        loaded = await loop.run_in_executor(self.log_io, self.raftlog.load)
+        self.state = await loop.run_in_executor(self._sm_io, recover_state, self.dir, loaded,
+                                                self.state, self.settings.max_sessions)
         applied, _ = self.state.applied()
         conf = loaded.conf or self.state.conf() or self.initial_conf
         if loaded.conf is None:
-            await loop.run_in_executor(self._log_io, self.raftlog.set_conf, conf)
-        last = loaded.entries[-1].index if loaded.entries else (
-            loaded.snapshot.index if loaded.snapshot else 0)
+            await loop.run_in_executor(self.log_io, self.raftlog.set_conf, conf)
+        if self.state.conf() is None:
+            await loop.run_in_executor(self._sm_io, self.state.set_conf, conf)
+        last = loaded.entries[-1].index if loaded.entries else loaded.log_start[0]
         if applied > last:
             raise errors.ServerError(
                 f"{self.dir}: state.db applied index {applied} is ahead of the log ({last}); "
@@ -117,8 +134,9 @@ class Replica:
                      max_inflight_msgs=s.max_inflight_msgs)
         self.core = RaftCore(cfg, random.Random(), InitialState(
             conf=conf, hard_state=loaded.hard_state, snapshot=loaded.snapshot,
-            entries=loaded.entries, applied=applied))
+            entries=loaded.entries, applied=applied, log_start=loaded.log_start))
         self.applied_index = applied
+        self.snapshotter.last_index = loaded.snapshot.index if loaded.snapshot else 0
         self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker()),
                        loop.create_task(self._guard(self._apply_loop()))]
         log.info("group %d replica %d started: term %d, log %d..%d, applied %d",
@@ -137,12 +155,13 @@ class Replica:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
+        await self.snapshotter.close()
         self._fail_all(errors.Unavailable("replica is shutting down"))
         loop = asyncio.get_running_loop()
         if self.core is not None:
-            await loop.run_in_executor(self._log_io, self.raftlog.close)
+            await loop.run_in_executor(self.log_io, self.raftlog.close)
             await loop.run_in_executor(self._sm_io, self.state.close)
-        self._log_io.shutdown(wait=True)
+        self.log_io.shutdown(wait=True)
         self._sm_io.shutdown(wait=True)
 
     # --- inputs ------------------------------------------------------------------------
@@ -154,6 +173,19 @@ class Replica:
         for m in msgs:
             core.step(m)
         self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def enqueue_install(self, item: InstallItem) -> None:
+        self._apply_items.append(item)
+        self._apply_wake.set()
+
+    async def receive_snapshot(self, inc: IncomingSnapshot) -> None:
+        await self.snapshotter.receive(inc)
+
+    async def snapshot_for_backup(self) -> LocalSnapshot:
+        return await self.snapshotter.latest_or_take()
 
     def unreachable(self, peer: int) -> None:
         if self.core is not None:
@@ -256,15 +288,22 @@ class Replica:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         late = rd.messages
-        if self.soft.role == Role.LEADER and rd.hard_state is None and rd.messages:
+        if any(m.type == MsgType.SNAP for m in late):
+            for m in late:
+                if m.type == MsgType.SNAP:
+                    self.snapshotter.send(m)  # streamed over HTTP, not the message stream
+            late = [m for m in late if m.type != MsgType.SNAP]
+        if rd.snapshot is not None:
+            await self.snapshotter.install(rd.snapshot)
+        if self.soft.role == Role.LEADER and rd.hard_state is None and late:
             # Raft thesis 10.2.1: a leader may replicate entries while it writes them
             # itself; it counts its own copy only once durable (RaftCore.advance).
-            early = [m for m in rd.messages if m.type in _LEADER_EARLY]
-            late = [m for m in rd.messages if m.type not in _LEADER_EARLY]
+            early = [m for m in late if m.type in _LEADER_EARLY]
+            late = [m for m in late if m.type not in _LEADER_EARLY]
             if early:
                 self._send(self.group_id, early)
         if rd.hard_state is not None or rd.entries:
-            await loop.run_in_executor(self._log_io, self.raftlog.save, rd.hard_state,
+            await loop.run_in_executor(self.log_io, self.raftlog.save, rd.hard_state,
                                        rd.entries)
             self.entries_persisted += len(rd.entries)
         if late:
@@ -272,7 +311,8 @@ class Replica:
         if rd.committed:
             # Entries are durable locally now; apply them on the state thread while the
             # loop goes on persisting the next batch.
-            self._apply_queue.put_nowait(rd.committed)
+            self._apply_items.append(rd.committed)
+            self._apply_wake.set()
         core.advance(rd)
         for rs in rd.read_states:
             heapq.heappush(self._parked_reads, (rs.index, rs.ctx))
@@ -284,15 +324,31 @@ class Replica:
 
     async def _apply_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        q = self._apply_queue
+        q = self._apply_items
         while True:
-            batch = await q.get()
-            while not q.empty():
-                batch = batch + q.get_nowait()
+            while not q:
+                self._apply_wake.clear()
+                await self._apply_wake.wait()
+            item = q.popleft()
+            if isinstance(item, InstallItem):
+                try:
+                    self.state = await loop.run_in_executor(
+                        self._sm_io, self.snapshotter.install_sync, item)
+                except BaseException as e:
+                    item.done.set_exception(e)
+                    raise
+                self.applied_index = item.snap.index
+                item.done.set_result(None)
+                self._release_reads(self.applied_index)
+                continue
+            batch = list(item)
+            while q and not isinstance(q[0], InstallItem):
+                batch.extend(q.popleft())  # type: ignore[arg-type]
             results = await loop.run_in_executor(self._sm_io, self.state.apply_batch, batch)
             self.applied_index = batch[-1].index
             self._complete_proposals(batch, results)
             self._release_reads(self.applied_index)
+            self.snapshotter.maybe_take()
 
     def _complete_proposals(self, committed: list[Entry], results: list[Result]) -> None:
         for e, res in zip(committed, results, strict=True):
@@ -359,4 +415,5 @@ class Replica:
             "progress": {str(p): {"match": m, "next": n, "state": s.lower()}
                          for p, (m, n, s) in st.progress.items()},
             "pending_proposals": len(self._proposals), "pending_reads": len(self._reads),
+            "snapshot": self.snapshotter.status(),
         }

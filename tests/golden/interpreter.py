@@ -423,10 +423,18 @@ class Env:
         index = int(pos[1])
         core = node.up()
         term = core.log.term(index)
-        if not self._guard(node, lambda c: c.compact(index)) or term is None:
+        if term is None:
+            return
+        snap = SnapshotMeta(index, term, core.conf)
+
+        def take(c: RaftCore) -> None:
+            c.set_latest_snapshot(snap)
+            c.compact(index)
+
+        if not self._guard(node, take):
             return
         st = node.storage
-        st.snapshot = SnapshotMeta(index, term, core.conf)
+        st.snapshot = snap
         st.entries = [e for e in st.entries if e.index > index]
 
     def cmd_send_snapshot(self, pos: list[str], kw: dict[str, str]) -> None:

@@ -1,0 +1,149 @@
+"""S3 backups and restores against a moto server in its own process (never AWS)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kvraft import Client
+from kvraft.storage.s3 import S3SnapshotStore
+from kvraft.testing import FAKE_AWS_ENV, MotoServer
+from kvraft.testing.cluster import LocalCluster
+
+BUCKET = "kvraft-backups"
+
+
+@pytest.fixture
+def s3() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+def _cluster(root: Path, s3: MotoServer, name: str, interval_s: float = 3600) -> LocalCluster:
+    return LocalCluster(root, nodes=3, env=s3.env(os.environ), extra_args=[
+        "--snapshot-entries", "200", "--s3-bucket", BUCKET, "--s3-endpoint-url",
+        s3.endpoint_url, "--cluster-name", name, "--backup-interval-s", str(interval_s)])
+
+
+def _kvraft(s3: MotoServer, *args: str, secret: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    env = s3.env(os.environ)
+    if secret:
+        env["KVRAFT_SECRET"] = secret
+    return subprocess.run([sys.executable, "-m", "kvraft", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _s3_args(s3: MotoServer, name: str) -> list[str]:
+    return ["--bucket", BUCKET, "--endpoint-url", s3.endpoint_url, "--cluster", name]
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_backup_then_lose_everything_then_restore(tmp_path: Path, s3: MotoServer) -> None:
+    c = _cluster(tmp_path / "c", s3, "lost")
+    c.start()
+    try:
+        c.wait_for_leader()
+        with Client(c.addr_list) as cl:
+            for i in range(300):
+                cl.put(f"k{i}", f"v{i}")
+            cl.append("k0", "+a")
+        r = _kvraft(s3, "backup", "--addr", ",".join(c.addr_list), secret=c.secret)
+        assert r.returncode == 0, r.stderr
+        assert "uploaded" in r.stdout
+        r = _kvraft(s3, "backup", "--addr", ",".join(c.addr_list), secret=c.secret)
+        assert r.returncode == 0 and "unchanged" in r.stdout, r.stdout + r.stderr
+        with Client(c.addr_list) as cl:
+            cl.put("after-backup", "x")  # not in the snapshot
+    finally:
+        c.stop()
+    listing = _kvraft(s3, "backup", "list", *_s3_args(s3, "lost"))
+    assert listing.returncode == 0 and "sqlite" not in listing.stderr
+    assert len([ln for ln in listing.stdout.splitlines() if ln.strip().startswith("1 ")]) == 1
+    for i in c.ids:
+        shutil.rmtree(c.data_dir(i))
+    for i in c.ids:
+        r = _kvraft(s3, "restore", *_s3_args(s3, "lost"), "--id", str(i), "--data-dir",
+                    str(c.data_dir(i)))
+        assert r.returncode == 0, r.stderr
+    c.start()
+    try:
+        c.wait_for_leader()
+        with Client(c.addr_list) as cl:
+            assert cl.get("k0") == "v0+a"
+            assert [cl.get(f"k{i}") for i in range(1, 300)] == [f"v{i}" for i in range(1, 300)]
+            assert cl.get("after-backup") is None
+            cl.put("new", "y")
+            assert cl.get("new") == "y"
+    finally:
+        c.stop()
+
+
+def test_corrupted_object_is_refused(tmp_path: Path, s3: MotoServer,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in FAKE_AWS_ENV.items():
+        monkeypatch.setenv(k, v)
+    c = _cluster(tmp_path / "c", s3, "corrupt")
+    c.start()
+    try:
+        c.wait_for_leader()
+        with Client(c.addr_list) as cl:
+            cl.put("k", "v")
+        assert _kvraft(s3, "backup", "--addr", ",".join(c.addr_list),
+                       secret=c.secret).returncode == 0
+    finally:
+        c.stop()
+    store = S3SnapshotStore(bucket=BUCKET, prefix="kvraft", cluster="corrupt",
+                            endpoint_url=s3.endpoint_url)
+    m = store.latest(1)
+    assert m is not None
+    s3.client().put_object(Bucket=BUCKET, Key=m.object_key, Body=b"not the snapshot")
+    target = tmp_path / "restored"
+    r = _kvraft(s3, "restore", *_s3_args(s3, "corrupt"), "--id", "1", "--data-dir", str(target))
+    assert r.returncode != 0
+    assert "sha256" in r.stderr and "refused" in r.stderr, r.stderr
+    assert not (target / "group-1").exists()
+    r = _kvraft(s3, "restore", *_s3_args(s3, "corrupt"), "--id", "9", "--data-dir", str(target))
+    assert r.returncode != 0 and "not a member" in r.stderr
+
+
+def test_s3_down_and_back(tmp_path: Path, s3: MotoServer) -> None:
+    c = _cluster(tmp_path / "c", s3, "flaky", interval_s=1.0)
+    c.start()
+    try:
+        lead = c.wait_for_leader()
+
+        def backup() -> dict[str, int]:
+            doc = c._request(c.leader() or lead, "GET", "/v1/status")[1]
+            return doc["backup"]  # type: ignore[no-any-return]
+
+        with Client(c.addr_list) as cl:
+            cl.put("a", "1")
+            _wait(lambda: backup()["uploads"] >= 1, 30, "the first upload")
+            _wait(lambda: backup()["skipped_unchanged"] >= 1, 30, "an unchanged skip")
+            s3.stop()
+            for i in range(50):  # the cluster keeps serving without S3
+                cl.put(f"down{i}", str(i))
+            _wait(lambda: backup()["failures"] >= 1, 30, "a counted failure")
+            uploads = backup()["uploads"]
+            s3.start()
+            cl.put("b", "2")
+            _wait(lambda: backup()["uploads"] > uploads, 30, "uploads to resume")
+            assert cl.get("down49") == "49"
+    finally:
+        c.stop()
