@@ -17,20 +17,23 @@ from kvraft.chaos.runner import _append_anomalies
 from kvraft.check.history import Operation
 
 RUNS = [
-    # (seed, nodes, fault kinds)
-    (101, 3, ("kill", "kill-leader", "pause")),
-    (102, 3, ("partition", "isolate-leader", "one-way")),
-    (103, 5, ("bridge", "partition", "kill-leader")),
-    (104, 3, ("delay", "loss", "majority-down")),
+    # (seed, nodes, fault kinds, snapshot every N entries)
+    (101, 3, ("kill", "kill-leader", "pause"), 300),
+    (102, 3, ("partition", "isolate-leader", "one-way"), 300),
+    (103, 5, ("bridge", "partition", "kill-leader"), 300),
+    (104, 3, ("delay", "loss", "majority-down"), 300),
+    (105, 3, ("kill", "kill-leader", "partition"), 100),  # frequent snapshots and installs
 ]
 
 
-@pytest.mark.parametrize(("seed", "nodes", "kinds"), RUNS, ids=[f"seed{r[0]}" for r in RUNS])
-def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...]) -> None:
-    print(f"chaos seed={seed} nodes={nodes} faults={','.join(kinds)}")
+@pytest.mark.parametrize(("seed", "nodes", "kinds", "snap"), RUNS,
+                         ids=[f"seed{r[0]}" for r in RUNS])
+def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...],
+                   snap: int) -> None:
+    print(f"chaos seed={seed} nodes={nodes} faults={','.join(kinds)} snapshot-entries={snap}")
     cfg = ChaosSettings(seed=seed, nodes=nodes, duration_s=15.0,
                         nemesis=NemesisSettings(kinds=kinds), data_dir=tmp_path / "c",
-                        history_path=tmp_path / "history.jsonl")
+                        history_path=tmp_path / "history.jsonl", snapshot_entries=snap)
     report = run_chaos(cfg)
     print(report.summary())
     print("\n".join(report.events))
@@ -38,6 +41,7 @@ def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...]
     assert sum(report.faults.values()) >= 2, "the nemesis injected too few faults"
     assert set(report.faults) <= set(kinds)
     assert report.outcomes["ok"] > 500, "the clients made too little progress"
+    assert report.snapshots["taken"] > 0, "no snapshot was taken under load"
 
 
 def _op(i: int, value: str, outcome: str) -> Operation:

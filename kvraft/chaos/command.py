@@ -27,11 +27,13 @@ from kvraft.chaos.runner import ChaosSettings, report_json, run_chaos
               help="Where node data and logs go (a temporary directory by default).")
 @click.option("--history", "history_path", type=click.Path(dir_okay=False),
               help="Also write the recorded history (JSON lines) here.")
+@click.option("--snapshot-entries", type=click.IntRange(0), default=300, show_default=True,
+              help="Nodes snapshot every N applied entries (small: exercises InstallSnapshot).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary line per run.")
 @click.option("-v", "--verbose", is_flag=True, help="Print faults as they are injected.")
 def chaos_command(seed: int | None, runs: int, duration_s: float, nodes: str, clients: int,
-                  kinds: str, data_dir: str | None, history_path: str | None, as_json: bool,
-                  verbose: bool) -> None:
+                  kinds: str, data_dir: str | None, history_path: str | None,
+                  snapshot_entries: int, as_json: bool, verbose: bool) -> None:
     """Run recording clients against a local cluster while injecting faults; check the history.
 
     Exits non-zero on any anomaly. Replay a failing run with its --seed.
@@ -51,7 +53,8 @@ def chaos_command(seed: int | None, runs: int, duration_s: float, nodes: str, cl
         cfg = ChaosSettings(seed=s, nodes=int(nodes), duration_s=duration_s, clients=clients,
                             nemesis=NemesisSettings(kinds=chosen),
                             data_dir=Path(data_dir) / f"seed-{s}" if data_dir else None,
-                            history_path=Path(history_path) if history_path else None)
+                            history_path=Path(history_path) if history_path else None,
+                            snapshot_entries=snapshot_entries)
         report = run_chaos(cfg)
         click.echo(report_json(report) if as_json else report.summary())
         if not report.ok:

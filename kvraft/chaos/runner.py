@@ -47,6 +47,8 @@ class ChaosSettings:
     check_budget_s: float = 120.0
     op_timeout_s: float = 2.0
     tick_ms: int = 25
+    snapshot_entries: int = 300
+    """Small, so that runs exercise snapshots, compaction and InstallSnapshot."""
 
 
 @dataclass(slots=True)
@@ -54,6 +56,7 @@ class ChaosReport:
     seed: int
     outcomes: Counter[str]
     faults: Counter[str]
+    snapshots: Counter[str]
     verdict: str
     anomalies: list[str]
     elapsed_s: float
@@ -72,6 +75,8 @@ class ChaosReport:
             f"unknown {self.outcomes['unknown']}) in {self.elapsed_s:.1f}s",
             "faults: " + (", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
                           or "none"),
+            f"snapshots: taken {self.snapshots['taken']}, installed from a leader "
+            f"{self.snapshots['installed']}",
             f"linearizability: {self.verdict}",
         ]
         lines += [f"ANOMALY: {a}" for a in self.anomalies]
@@ -150,13 +155,26 @@ def _append_anomalies(ops: list[Operation], appended: dict[str, str],
     return anomalies
 
 
+def _snapshot_counts(c: LocalCluster) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for i in c.ids:
+        st = c.status(i)
+        if st is not None:
+            counts["taken"] += st["snapshot"]["taken"]
+            counts["installed"] += st["snapshot"]["installed"]
+    return counts
+
+
 def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> ChaosReport:
     """One bounded chaos run; see the module docstring."""
     t0 = time.monotonic()
     root = cfg.data_dir or Path(tempfile.mkdtemp(prefix=f"kvraft-chaos-{cfg.seed}-"))
     own_cluster = cluster is None
-    c = cluster or LocalCluster(root, nodes=cfg.nodes, tick_ms=cfg.tick_ms)
+    c = cluster or LocalCluster(root, nodes=cfg.nodes, tick_ms=cfg.tick_ms, extra_args=[
+        "--snapshot-entries", str(cfg.snapshot_entries),
+        "--snapshot-catchup-entries", str(max(1, cfg.snapshot_entries // 5))])
     recorder = HistoryRecorder(cfg.history_path)
+    snap_counts: Counter[str] = Counter()
     appended: dict[str, str] = {}
     nemesis = Nemesis(c, random.Random(cfg.seed), cfg.nemesis)
     stop = threading.Event()
@@ -181,6 +199,7 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
         c.wait_for_leader(timeout_s=30)
         keys = [f"k{i}" for i in range(cfg.mixed_keys)] + [f"a{i}" for i in range(cfg.append_keys)]
         final = asyncio.run(_final_reads(c.addr_list, keys, recorder))
+        snap_counts = _snapshot_counts(c)
     finally:
         ops = recorder.close()
         if own_cluster:
@@ -188,7 +207,8 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
     result = check_history(ops, time_budget_s=cfg.check_budget_s)
     anomalies = _append_anomalies(ops, appended, final)
     return ChaosReport(seed=cfg.seed, outcomes=Counter(o.outcome for o in ops),
-                       faults=nemesis.counts, verdict=result.verdict, anomalies=anomalies,
+                       faults=nemesis.counts, snapshots=snap_counts,
+                       verdict=result.verdict, anomalies=anomalies,
                        elapsed_s=time.monotonic() - t0, check=result.to_json(),
                        events=nemesis.events, data_dir=str(root))
 
@@ -196,4 +216,5 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
 def report_json(r: ChaosReport) -> str:
     return json.dumps({"seed": r.seed, "ok": r.ok, "verdict": r.verdict,
                        "outcomes": dict(r.outcomes), "faults": dict(r.faults),
+                       "snapshots": dict(r.snapshots),
                        "anomalies": r.anomalies, "elapsed_s": round(r.elapsed_s, 2)})
