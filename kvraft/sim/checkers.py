@@ -1,0 +1,245 @@
+"""Safety checkers, run continuously while the simulation runs.
+
+Each check has a name (used in failure messages and in ``SimConfig.disabled_checks``):
+
+- ``invariants``: ``RaftCore.check_invariants()`` after every tick, step, proposal,
+  read, ``ready()`` and ``advance()``; terms never decrease within a lifetime.
+- ``election-safety``: at most one leader per term over the whole run.
+- ``log-matching``: two logs (in memory or durable, of any node, at any time) holding
+  an entry with the same index and term hold the same entry and agree on the term of
+  the entry before it, hence on the whole prefix. Checked on every Ready and by
+  periodic full scans.
+- ``commit-rule``: a leader's commit index only advances onto an entry of its term;
+  a follower never commits past what some leader committed.
+- ``leader-completeness``: every committed entry is in the log of every leader of a
+  later term (checked at election and whenever a leader commits).
+- ``state-machine-safety``: no two nodes (or two lifetimes of one node) apply
+  different entries at one index; entries are applied in order, once per lifetime,
+  only once committed and durable locally; a payload is applied at most once.
+- ``persistence``: the Ready contract as seen from the disk: the hard state never
+  goes back (term, vote within a term), the durable log after a write equals the
+  core's log when the Ready was taken, committed entries are never overwritten.
+- ``linearizable-read`` / ``durability`` / ``liveness``: checked by the client and the
+  cluster (see ``client.py`` and ``cluster.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvraft.raft import NONE, Entry, HardState, RaftError, Ready, Role
+
+if TYPE_CHECKING:
+    from kvraft.sim.cluster import Cluster
+    from kvraft.sim.node import SimNode
+
+
+class SafetyViolation(AssertionError):
+    """A checker found a broken safety (or liveness) property."""
+
+    def __init__(self, check: str, seed: int, tick: float, message: str) -> None:
+        super().__init__(f"[{check}] seed={seed} tick={tick}: {message}")
+        self.check = check
+        self.seed = seed
+        self.tick = tick
+        self.detail = message
+
+
+class Checker:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.disabled = cluster.cfg.disabled_checks
+        self.leaders: dict[int, int] = {}
+        """term -> the node that led it."""
+        self.seen: dict[tuple[int, int], tuple[bytes, int, int]] = {}
+        """(index, term) -> (data, kind, term of the previous entry), over all logs ever."""
+        self.committed: list[Entry] = []
+        """The committed log as established by leaders' commit indexes (entry k+1 at k)."""
+        self.commit_term: list[int] = []
+        """The term of the leader that first committed each index (non-decreasing)."""
+        self.applied_at: dict[int, Entry] = {}
+        self.commit_seen: dict[int, int] = {}
+        self.term_seen: dict[int, int] = {}
+        self.role_seen: dict[int, Role] = {}
+
+    def fail(self, check: str, message: str) -> None:
+        if check in self.disabled:
+            return
+        c = self.cluster
+        raise SafetyViolation(check, c.seed, c.now_ticks(), message)
+
+    # --- after every operation on a core ------------------------------------------------
+
+    def after_op(self, node: SimNode) -> None:
+        core = node.core
+        if core is None:
+            return
+        nid = node.id
+        try:
+            core.check_invariants()
+        except RaftError as e:
+            self.fail("invariants", f"n{nid}: {e}")
+        term = core.term
+        if term < self.term_seen.get(nid, 0):
+            self.fail("invariants", f"n{nid}: term went back from {self.term_seen[nid]} to {term}")
+        self.term_seen[nid] = term
+        role = core.role
+        if role == Role.LEADER:
+            other = self.leaders.get(term)
+            if other is None:
+                self.leaders[term] = nid
+                self._check_new_leader(node)
+            elif other != nid:
+                self.fail("election-safety", f"n{nid} and n{other} both lead term {term}")
+        if role != self.role_seen.get(nid):
+            self.role_seen[nid] = role
+            self.cluster.trace_role(node)
+        commit = core.log.committed
+        seen = self.commit_seen.get(nid, 0)
+        if commit > seen:
+            self._check_commit(node, seen, commit, role == Role.LEADER)
+        self.commit_seen[nid] = commit
+
+    def on_restart(self, node: SimNode) -> None:
+        core = node.core
+        assert core is not None
+        self.commit_seen[node.id] = core.log.committed
+        self.term_seen[node.id] = core.term
+        self.role_seen[node.id] = core.role
+
+    def _check_commit(self, node: SimNode, lo: int, hi: int, leader: bool) -> None:
+        core = node.core
+        assert core is not None
+        log = core.log
+        nid = node.id
+        if leader and log.term(hi) != core.term:
+            self.fail("commit-rule", f"leader n{nid} (term {core.term}) advanced its commit "
+                                     f"to {hi}, an entry of term {log.term(hi)}")
+        known = len(self.committed)
+        for i in range(lo + 1, min(hi, known) + 1):
+            if log.term(i) != self.committed[i - 1].term:
+                self.fail("state-machine-safety" if not leader else "leader-completeness",
+                          f"n{nid} committed {i}@t{log.term(i)} but "
+                          f"{i}@t{self.committed[i - 1].term} was committed before")
+        if hi <= known:
+            return
+        if not leader:
+            self.fail("commit-rule", f"follower n{nid} committed up to {hi}, beyond every "
+                                     f"leader's commit index ({known})")
+        for i in range(known + 1, hi + 1):
+            t = log.term(i)
+            assert t is not None
+            off = i - log.snapshot_index - 1
+            self.committed.append(log.entries[off])
+            self.commit_term.append(core.term)
+        first = known == 0 or self.commit_term[known - 1] != core.term
+        self.cluster.trace(f"n{nid} commits {known + 1}..{hi} (term {core.term})"
+                           + (" - its first commit as leader" if first else ""),
+                           level=1 if first else 2)
+        # Leaders of a later term that exist already must hold the new entries too.
+        for t, lead in self.leaders.items():
+            if t > core.term:
+                other = self.cluster.nodes[lead].core
+                if other is not None and other.term == t and other.role == Role.LEADER:
+                    self._check_new_leader(self.cluster.nodes[lead], known)
+
+    def _check_new_leader(self, node: SimNode, start: int = 0) -> None:
+        core = node.core
+        assert core is not None
+        for k in range(start, len(self.committed)):
+            if self.commit_term[k] >= core.term:
+                break
+            e = self.committed[k]
+            if core.log.term(e.index) != e.term:
+                self.fail("leader-completeness",
+                          f"n{node.id} leads term {core.term} but lacks committed entry "
+                          f"{e.index}@t{e.term} (committed in term {self.commit_term[k]}; "
+                          f"it has t{core.log.term(e.index)})")
+
+    # --- Ready processing -------------------------------------------------------------
+
+    def after_ready(self, node: SimNode, rd: Ready) -> None:
+        self.after_op(node)
+        core = node.core
+        assert core is not None
+        if rd.entries:
+            prev = core.log.term(rd.entries[0].index - 1)
+            if prev is None:
+                self.fail("invariants", f"n{node.id}: Ready entries start at "
+                                        f"{rd.entries[0].index}, after a missing entry")
+            self._record(node, rd.entries, prev or 0)
+
+    def _record(self, node: SimNode, entries: list[Entry], prev_term: int) -> None:
+        seen = self.seen
+        for e in entries:
+            key = (e.index, e.term)
+            val = (e.data, e.kind, prev_term)
+            old = seen.setdefault(key, val)
+            if old != val:
+                self.fail("log-matching",
+                          f"n{node.id} holds {e.index}@t{e.term} = {val[0]!r} after an entry of "
+                          f"t{prev_term}; another log holds {old[0]!r} after t{old[2]}")
+            prev_term = e.term
+
+    def full_scan(self) -> None:
+        """Check every in-memory and durable log against everything seen so far."""
+        for node in self.cluster.nodes.values():
+            self._record(node, node.disk.entries, 0)
+            core = node.core
+            if core is not None:
+                log = core.log
+                self._record(node, log.entries, log.snapshot_term)
+
+    def before_write(self, node: SimNode, rd: Ready) -> None:
+        d = node.disk
+        hs = rd.hard_state
+        if hs is not None:
+            old = d.hard_state
+            if hs.term < old.term:
+                self.fail("persistence", f"n{node.id} persists term {hs.term} over {old.term}")
+            if hs.term == old.term and old.vote not in (NONE, hs.vote):
+                self.fail("persistence", f"n{node.id} changes its vote in term {hs.term} "
+                                         f"from {old.vote} to {hs.vote}")
+        if rd.entries:
+            first = rd.entries[0].index
+            if first > d.last_index() + 1:
+                self.fail("persistence", f"n{node.id} writes entries from {first} but its "
+                                         f"durable log ends at {d.last_index()}")
+            if first <= d.applied:
+                self.fail("persistence", f"n{node.id} overwrites entry {first}, already "
+                                         f"applied (durably up to {d.applied})")
+
+    def after_write(self, node: SimNode, expect: tuple[int, int, HardState]) -> None:
+        last, last_term, hs = expect
+        d = node.disk
+        dl = d.last_index()
+        dterm = d.entries[-1].term if d.entries else 0
+        if (dl, dterm) != (last, last_term):
+            self.fail("persistence", f"n{node.id}: after its Ready is written the durable log "
+                                     f"ends at {dl}@t{dterm}, but the core's log ended at "
+                                     f"{last}@t{last_term} when the Ready was taken")
+        if dterm > d.hard_state.term:
+            self.fail("persistence", f"n{node.id}: durable log holds an entry of term {dterm} "
+                                     f"but the durable term is {d.hard_state.term}")
+        if d.hard_state != hs:
+            self.fail("persistence", f"n{node.id}: durable hard state {tuple(d.hard_state)} "
+                                     f"!= {tuple(hs)} when the Ready was taken")
+
+    def on_apply(self, node: SimNode, e: Entry) -> None:
+        nid = node.id
+        if e.index != node.applied + 1:
+            self.fail("state-machine-safety", f"n{nid} applies {e.index} after {node.applied}")
+        if node.disk.entry(e.index) != e:
+            self.fail("persistence", f"n{nid} applies {e.index}@t{e.term} which is not in its "
+                                     f"durable log")
+        first = self.applied_at.setdefault(e.index, e)
+        if first != e:
+            self.fail("state-machine-safety",
+                      f"n{nid} applies {e.index}@t{e.term}={e.data!r}, another replica applied "
+                      f"{first.index}@t{first.term}={first.data!r}")
+        if e.index > len(self.committed) or self.committed[e.index - 1] != e:
+            self.fail("state-machine-safety", f"n{nid} applies {e.index}@t{e.term} which no "
+                                              f"leader committed")
+        if e.data and e.data in node.sm_payloads:
+            self.fail("state-machine-safety", f"n{nid} applies payload {e.data!r} twice (at "
+                                              f"{node.sm_payloads[e.data]} and {e.index})")

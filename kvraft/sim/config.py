@@ -1,0 +1,145 @@
+"""Parameters of one simulation run, and the per-seed random fault profile.
+
+Every probability and delay of the simulated world is a field of :class:`SimConfig`.
+:func:`profile_for_seed` draws a profile from the seed itself, so that a run of many
+seeds explores many mixes of faults and timings while any one seed still replays
+exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+STEPS_PER_TICK = 10
+"""Sub-tick resolution of simulated time: messages and disk writes complete at steps."""
+
+FAULT_KINDS = ("crash", "split", "isolate", "oneway", "partial", "loss", "dup", "reorder",
+               "transfer")
+"""Every fault the simulator can inject (names usable in ``SimConfig.faults``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    nodes: int = 3
+    ticks: int = 1000
+    """Ticks of faulty operation; the heal-and-settle phase comes after."""
+
+    # --- Raft configuration of every replica ---------------------------------------
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_inflight_msgs: int = 256
+    max_msg_bytes: int = 1 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    # --- timing (in steps; STEPS_PER_TICK steps make one tick) -----------------------
+    msg_delay_min: int = 1
+    msg_delay_max: int = 8
+    persist_delay_max: int = 8
+    """A Ready that writes something completes 1..persist_delay_max steps after ready()."""
+
+    # --- network faults -------------------------------------------------------------
+    loss: float = 0.0
+    dup: float = 0.0
+    reorder: float = 0.0
+    """Probability that a message is held back by up to ``reorder_delay_max`` more steps."""
+    reorder_delay_max: int = 30
+    partition_rate: float = 0.0
+    """Per-tick probability of starting a partition (when none is active)."""
+    partition_ticks_max: int = 60
+    faults: frozenset[str] = frozenset()
+    """Enabled fault kinds, a subset of FAULT_KINDS."""
+
+    # --- node faults ----------------------------------------------------------------
+    crash_rate: float = 0.0
+    """Per-tick probability of crashing one node (at a random step of the tick)."""
+    crash_after_write: float = 0.0
+    """Probability that a node crashes right after a Ready's write and sends complete."""
+    down_ticks_max: int = 40
+    """Half of the crashes last up to election_ticks / 2 ticks, the rest up to this."""
+    leader_bias: float = 0.5
+    """Probability that a crash or isolation picks a leader when there is one."""
+    apply_sync: float = 1.0
+    """Probability that the applied index is made durable after applying a batch."""
+    transfer_rate: float = 0.0
+
+    # --- clients --------------------------------------------------------------------
+    propose_rate: float = 0.5
+    """Mean proposals per tick."""
+    read_rate: float = 0.2
+    """Mean read_index calls per tick."""
+
+    # --- checking -------------------------------------------------------------------
+    liveness_factor: int = 10
+    """After the heal, a proposal must commit within liveness_factor * election_ticks."""
+    full_check_every: int = 100
+    """Ticks between full log-matching scans (incremental checks run on every Ready)."""
+    disabled_checks: frozenset[str] = field(default_factory=frozenset)
+
+    def describe(self) -> str:
+        """A compact one-line description of the non-default parameters."""
+        default = SimConfig()
+        parts = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v != getattr(default, f.name):
+                if isinstance(v, frozenset):
+                    v = ",".join(sorted(v)) or "-"
+                elif isinstance(v, float):
+                    v = f"{v:.3g}"
+                parts.append(f"{f.name}={v}")
+        return " ".join(parts)
+
+    def calm(self) -> SimConfig:
+        """The same world with every fault and the random clients switched off."""
+        return replace(self, faults=frozenset(), crash_rate=0.0, crash_after_write=0.0,
+                       partition_rate=0.0,
+                       loss=0.0, dup=0.0, transfer_rate=0.0, propose_rate=0.0, read_rate=0.0)
+
+
+def profile_for_seed(rng: random.Random, nodes: int, ticks: int, **overrides: Any) -> SimConfig:
+    """Draw a random fault/timing profile from ``rng`` (the world's generator).
+
+    ``overrides`` replace drawn fields; passing ``faults`` restricts the fault kinds.
+    """
+    faults = frozenset(k for k in FAULT_KINDS if rng.random() < 0.6)
+    if not faults:
+        faults = frozenset({rng.choice(FAULT_KINDS)})
+    election = rng.randint(6, 15)
+    inflight = rng.choice((1, 2, 4, 16, 256))
+    msg_bytes = rng.choice((64, 256, 1 << 20))
+    if inflight * msg_bytes < 512:
+        # Keep the replication capacity (entries per round trip) above the client load;
+        # an overloaded leader is slow, not broken.
+        msg_bytes = 512
+    cfg = SimConfig(
+        nodes=nodes,
+        ticks=ticks,
+        election_ticks=election,
+        heartbeat_ticks=rng.randint(1, max(1, election // 4)),
+        max_inflight_msgs=inflight,
+        max_msg_bytes=msg_bytes,
+        pre_vote=rng.random() < 0.8,
+        check_quorum=rng.random() < 0.8,
+        msg_delay_min=rng.randint(0, 2),
+        msg_delay_max=rng.randint(3, 15),
+        persist_delay_max=rng.randint(1, 20),
+        loss=rng.uniform(0.01, 0.2),
+        dup=rng.uniform(0.01, 0.15),
+        reorder=rng.uniform(0.01, 0.2),
+        reorder_delay_max=rng.randint(5, 4 * STEPS_PER_TICK),
+        partition_rate=rng.uniform(0.005, 0.03),
+        partition_ticks_max=rng.randint(election, 8 * election),
+        crash_rate=rng.uniform(0.002, 0.03),
+        crash_after_write=rng.choice((0.0, rng.uniform(0.0005, 0.005))),
+        down_ticks_max=rng.randint(1, 5 * election),
+        leader_bias=rng.random(),
+        apply_sync=rng.choice((1.0, 1.0, rng.uniform(0.1, 0.9))),
+        transfer_rate=rng.uniform(0.002, 0.01),
+        propose_rate=rng.uniform(0.1, 1.5),
+        read_rate=rng.uniform(0.0, 0.6),
+        faults=faults,
+    )
+    return replace(cfg, **overrides) if overrides else cfg
