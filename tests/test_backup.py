@@ -147,3 +147,32 @@ def test_s3_down_and_back(tmp_path: Path, s3: MotoServer) -> None:
             assert cl.get("down49") == "49"
     finally:
         c.stop()
+
+
+def test_replacement_node_restored_from_s3_catches_up(tmp_path: Path, s3: MotoServer) -> None:
+    c = _cluster(tmp_path / "c", s3, "replace")
+    c.start()
+    try:
+        lead = c.wait_for_leader()
+        victim = next(i for i in c.ids if i != lead)
+        with Client(c.addr_list) as cl:
+            for i in range(300):
+                cl.put(f"k{i}", f"v{i}")
+            assert _kvraft(s3, "backup", "--addr", ",".join(c.addr_list),
+                           secret=c.secret).returncode == 0
+            c.kill(victim)
+            shutil.rmtree(c.data_dir(victim))  # the node's disk is lost
+            for i in range(300, 400):  # the group moves on without it
+                cl.put(f"k{i}", f"v{i}")
+            r = _kvraft(s3, "restore", *_s3_args(s3, "replace"), "--id", str(victim),
+                        "--data-dir", str(c.data_dir(victim)))
+            assert r.returncode == 0, r.stderr
+            c.start_node(victim)
+            commit = c.status(c.wait_for_leader())["commit"]  # type: ignore[index]
+            c.wait_applied([victim], commit)
+            st = c.status(victim)
+            assert st is not None and st["role"] == "follower"
+            cl.put("after", "1")
+            assert cl.get("k399") == "v399" and cl.get("k0") == "v0"
+    finally:
+        c.stop()
