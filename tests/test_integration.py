@@ -221,3 +221,15 @@ def test_isolated_follower_rejoins_without_disrupting(cluster: LocalCluster) -> 
     st = cluster.status(lead)
     assert st is not None and st["role"] == "leader" and st["term"] == term, \
         "the rejoining follower disrupted the leader"
+
+
+def test_sigterm_on_leader_hands_off_leadership(cluster: LocalCluster) -> None:
+    with Client(cluster.addr_list) as c:
+        c.put("k", "before")
+        old = cluster.wait_for_leader()
+        cluster.kill(old, signal.SIGTERM)  # a clean shutdown
+        new = cluster.wait_for_leader(exclude={old})
+        assert "leadership handed off" in cluster.log_path(old).read_text()
+        c.put("k", "after")
+        assert c.get("k") == "after"
+        assert new != old

@@ -27,7 +27,7 @@ from aiohttp import web
 from kvraft import errors
 from kvraft.kv.commands import Command
 from kvraft.kv.machine import Result
-from kvraft.raft import ConfState, Message
+from kvraft.raft import ConfState, Message, Role
 from kvraft.runtime.backup import BackupManager, BackupSettings, NotLeaderForBackup
 from kvraft.runtime.replica import Replica, ReplicaSettings
 from kvraft.storage.snapshots import LocalSnapshot
@@ -153,6 +153,12 @@ class Node:
         self._lock_fd = fd
 
     async def stop(self) -> None:
+        for r in self.replicas.values():
+            if r.soft.role != Role.LEADER:
+                continue
+            with contextlib.suppress(Exception):
+                if await r.hand_off_leadership():
+                    log.info("group %d: leadership handed off before shutdown", r.group_id)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -147,6 +147,30 @@ class Replica:
         return (RaftLogStore(self.dir / "raft.db", node_id=self.node_id, group_id=self.group_id),
                 StateStore(self.dir / "state.db", max_sessions=self.settings.max_sessions))
 
+    async def hand_off_leadership(self, timeout_s: float = 2.0) -> bool:
+        """If leading, transfer leadership to the most caught-up voter and wait for it.
+
+        Used on clean shutdown so clients see a new leader at once instead of waiting
+        for an election timeout. Returns True if this replica no longer leads.
+        """
+        core = self.core
+        if core is None or core.role != Role.LEADER or self.failed.done():
+            return True
+        peers = [(pr.match, p) for p, pr in core.prs.items()
+                 if p != self.node_id and p in core.conf.voters]
+        if not peers:
+            return False
+        target = max(peers)[1]
+        try:
+            core.transfer_leadership(target)
+        except (CoreNotLeader, ValueError):
+            return core.role != Role.LEADER
+        self._wake.set()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while core.role == Role.LEADER and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return core.role != Role.LEADER
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
