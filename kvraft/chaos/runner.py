@@ -41,10 +41,14 @@ class ChaosSettings:
     clients: int = 8
     mixed_keys: int = 3
     append_keys: int = 2
+    append_key_epoch_s: float = 2.0
+    """Append-only keys are replaced by fresh ones this often, so values stay small."""
+    mixed_key_epoch_s: float = 10.0
     nemesis: NemesisSettings = field(default_factory=NemesisSettings)
     data_dir: Path | None = None
     history_path: Path | None = None
-    check_budget_s: float = 120.0
+    check_budget_s: float = 0.0
+    """Time budget of the linearizability check (0: max(120 s, the run's duration))."""
     op_timeout_s: float = 2.0
     tick_ms: int = 25
     snapshot_entries: int = 300
@@ -85,15 +89,35 @@ class ChaosReport:
         return "\n".join(lines)
 
 
-async def _client_loop(c: AsyncClient, rng: random.Random, keys: list[str], akeys: list[str],
+class KeyEpochs:
+    """Keys in use: ``count`` fresh keys named ``<prefix><epoch>.<j>`` every ``epoch_s``.
+
+    Rotating keys keeps values and per-key histories bounded in long runs.
+    """
+
+    def __init__(self, prefix: str, count: int, epoch_s: float) -> None:
+        self.prefix = prefix
+        self.count = count
+        self.epoch_s = epoch_s
+        self.t0 = time.monotonic()
+        self.used: set[str] = set()
+
+    def current(self) -> list[str]:
+        epoch = int((time.monotonic() - self.t0) / self.epoch_s)
+        keys = [f"{self.prefix}{epoch}.{j}" for j in range(self.count)]
+        self.used.update(keys)
+        return keys
+
+
+async def _client_loop(c: AsyncClient, rng: random.Random, keys: KeyEpochs, akeys: KeyEpochs,
                        stop: threading.Event, appended: dict[str, str]) -> None:
     n = 0
     while not stop.is_set():
         n += 1
-        use_append_key = akeys and rng.random() < 0.4
+        use_append_key = akeys.count > 0 and rng.random() < 0.4
         try:
             if use_append_key:
-                key = rng.choice(akeys)
+                key = rng.choice(akeys.current())
                 if rng.random() < 0.7:
                     token = f"[{c.name}.{n}]"
                     appended[token] = key
@@ -101,7 +125,7 @@ async def _client_loop(c: AsyncClient, rng: random.Random, keys: list[str], akey
                 else:
                     await c.get(key)
                 continue
-            key = rng.choice(keys)
+            key = rng.choice(keys.current())
             r = rng.random()
             if r < 0.4:
                 await c.get(key)
@@ -116,9 +140,8 @@ async def _client_loop(c: AsyncClient, rng: random.Random, keys: list[str], akey
 
 
 async def _workload(cfg: ChaosSettings, addrs: list[str], recorder: HistoryRecorder,
-                    stop: threading.Event, appended: dict[str, str]) -> None:
-    keys = [f"k{i}" for i in range(cfg.mixed_keys)]
-    akeys = [f"a{i}" for i in range(cfg.append_keys)]
+                    stop: threading.Event, appended: dict[str, str], keys: KeyEpochs,
+                    akeys: KeyEpochs) -> None:
     clients = [AsyncClient(addrs, timeout_s=cfg.op_timeout_s, attempt_timeout_s=0.5,
                            recorder=recorder, name=f"c{i}") for i in range(cfg.clients)]
     try:
@@ -176,6 +199,8 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
     recorder = HistoryRecorder(cfg.history_path)
     snap_counts: Counter[str] = Counter()
     appended: dict[str, str] = {}
+    mkeys = KeyEpochs("k", cfg.mixed_keys, cfg.mixed_key_epoch_s)
+    akeys = KeyEpochs("a", cfg.append_keys, cfg.append_key_epoch_s)
     nemesis = Nemesis(c, random.Random(cfg.seed), cfg.nemesis)
     stop = threading.Event()
     try:
@@ -190,21 +215,21 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
         timer = threading.Timer(cfg.duration_s, stop.set)
         timer.start()
         try:
-            asyncio.run(_workload(cfg, c.addr_list, recorder, stop, appended))
+            asyncio.run(_workload(cfg, c.addr_list, recorder, stop, appended, mkeys, akeys))
         finally:
             stop.set()
             timer.cancel()
             nem.join(timeout=60)
         nemesis.heal_all()
         c.wait_for_leader(timeout_s=30)
-        keys = [f"k{i}" for i in range(cfg.mixed_keys)] + [f"a{i}" for i in range(cfg.append_keys)]
+        keys = sorted(mkeys.used) + sorted(akeys.used)
         final = asyncio.run(_final_reads(c.addr_list, keys, recorder))
         snap_counts = _snapshot_counts(c)
     finally:
         ops = recorder.close()
         if own_cluster:
             c.stop()
-    result = check_history(ops, time_budget_s=cfg.check_budget_s)
+    result = check_history(ops, time_budget_s=cfg.check_budget_s or max(120.0, cfg.duration_s))
     anomalies = _append_anomalies(ops, appended, final)
     return ChaosReport(seed=cfg.seed, outcomes=Counter(o.outcome for o in ops),
                        faults=nemesis.counts, snapshots=snap_counts,

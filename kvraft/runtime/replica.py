@@ -31,7 +31,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kvraft import errors
 from kvraft.kv.machine import Result
@@ -63,8 +63,23 @@ from kvraft.storage.statedb import StateStore
 from kvraft.transport.snapshot_stream import IncomingSnapshot
 
 log = logging.getLogger("kvraft.replica")
+T = TypeVar("T")
 
 _LEADER_EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP, MsgType.TIMEOUT_NOW})
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+async def _with_timeout(fut: asyncio.Future[T], timeout_s: float) -> T:
+    """Await ``fut`` for at most ``timeout_s`` (cheaper than wait_for: no extra task)."""
+    handle = asyncio.get_running_loop().call_later(timeout_s, _expire, fut)
+    try:
+        return await fut
+    finally:
+        handle.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +263,7 @@ class Replica:
         self._proposals[index] = (term, fut)
         self._wake.set()
         try:
-            return await asyncio.wait_for(fut, timeout_s)
+            return await _with_timeout(fut, timeout_s)
         except TimeoutError:
             self._proposals.pop(index, None)
             raise errors.OutcomeUnknown(f"write not committed within {timeout_s:.1f}s") from None
@@ -266,7 +281,7 @@ class Replica:
         self._reads[ctx] = fut
         self._wake.set()
         try:
-            await asyncio.wait_for(fut, timeout_s)
+            await _with_timeout(fut, timeout_s)
         except TimeoutError:
             self._reads.pop(ctx, None)
             raise errors.Unavailable(f"read not confirmed within {timeout_s:.1f}s") from None
