@@ -233,3 +233,16 @@ def test_sigterm_on_leader_hands_off_leadership(cluster: LocalCluster) -> None:
         c.put("k", "after")
         assert c.get("k") == "after"
         assert new != old
+
+
+def test_prometheus_metrics(cluster: LocalCluster) -> None:
+    with Client(cluster.addr_list) as c:
+        c.put("m", "1")
+        assert c.get("m") == "1"
+    lead = cluster.wait_for_leader()
+    with urllib.request.urlopen(f"http://{cluster.addrs[lead]}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert 'kvraft_raft_is_leader{group="1"} 1.0' in text
+    assert 'kvraft_http_requests_total{code="200",op="put"}' in text
+    assert "kvraft_http_request_seconds_bucket" in text
+    assert "kvraft_transport_frames_sent_total" in text

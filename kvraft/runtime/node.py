@@ -29,6 +29,7 @@ from kvraft.kv.commands import Command
 from kvraft.kv.machine import Result
 from kvraft.raft import ConfState, Message, Role
 from kvraft.runtime.backup import BackupManager, BackupSettings, NotLeaderForBackup
+from kvraft.runtime.metrics import Metrics
 from kvraft.runtime.replica import Replica, ReplicaSettings
 from kvraft.storage.snapshots import LocalSnapshot
 from kvraft.transport.admin import AdminAPI
@@ -102,6 +103,7 @@ class Node:
             else None
         self._tasks: list[asyncio.Task[None]] = []
         self.loop_lag = LoopLagMonitor()
+        self.metrics = Metrics(self.status)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -123,7 +125,8 @@ class Node:
             if peer != cfg.node_id:
                 self.transport.set_peer(peer, addr)
         app = web.Application(client_max_size=cfg.limits.max_value_bytes * 2 + 65536)
-        ClientAPI(self, cfg.limits).add_routes(app)
+        ClientAPI(self, cfg.limits, observe=self.metrics.observe).add_routes(app)
+        app.router.add_get("/metrics", self.metrics.handle)
         AdminAPI(self.transport).add_routes(app)
         app.router.add_post("/v1/admin/backup", self._handle_backup)
         self.transport.add_routes(app)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -84,31 +85,40 @@ def error_response(exc: BaseException, request: web.Request | None = None) -> we
     return _json(500, {"error": "internal", "message": msg})
 
 
+Observe = Callable[[str, int, float], None]
+"""(operation, HTTP status, seconds) of each completed request, for metrics."""
+
+
 class ClientAPI:
-    def __init__(self, service: KVService, limits: Limits) -> None:
+    def __init__(self, service: KVService, limits: Limits, observe: Observe | None = None) -> None:
         self.service = service
         self.limits = limits
+        self.observe = observe
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
-        r.add_get("/v1/kv/{key:.+}", self._wrap(self.handle_get))
-        r.add_put("/v1/kv/{key:.+}", self._wrap(self.handle_put))
-        r.add_delete("/v1/kv/{key:.+}", self._wrap(self.handle_delete))
-        r.add_post("/v1/append/{key:.+}", self._wrap(self.handle_append))
-        r.add_get("/v1/status", self._wrap(self.handle_status))
-        r.add_get("/health", self._wrap(self.handle_health))
+        r.add_get("/v1/kv/{key:.+}", self._wrap("get", self.handle_get))
+        r.add_put("/v1/kv/{key:.+}", self._wrap("put", self.handle_put))
+        r.add_delete("/v1/kv/{key:.+}", self._wrap("delete", self.handle_delete))
+        r.add_post("/v1/append/{key:.+}", self._wrap("append", self.handle_append))
+        r.add_get("/v1/status", self._wrap("status", self.handle_status))
+        r.add_get("/health", self._wrap("health", self.handle_health))
 
-    def _wrap(self, h: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    def _wrap(self, op: str, h: Callable[[web.Request], Awaitable[web.StreamResponse]]
               ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
+            t0 = time.perf_counter()
             try:
-                return await h(request)
+                resp = await h(request)
             except web.HTTPException as e:
-                if e.status == 413:
-                    return _json(413, {"error": "too_large", "message": e.reason})
-                raise
+                if e.status != 413:
+                    raise
+                resp = _json(413, {"error": "too_large", "message": e.reason})
             except Exception as e:
-                return error_response(e, request)
+                resp = error_response(e, request)
+            if self.observe is not None:
+                self.observe(op, resp.status, time.perf_counter() - t0)
+            return resp
         return handler
 
     # --- parsing -----------------------------------------------------------------
