@@ -86,7 +86,7 @@ def restore_node(store: S3SnapshotStore, *, group: int, node_id: int, data_dir: 
         try:
             raft.save(HardState(manifest.term, 0), [])
             raft.compact(SnapshotMeta(manifest.index, manifest.term, conf),
-                         (manifest.index, manifest.term))
+                         (manifest.index, manifest.term), discard_log=True)
         finally:
             raft.close()
         os.replace(staging, gdir)

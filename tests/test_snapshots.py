@@ -113,7 +113,7 @@ def test_restart_after_crash_between_log_and_state_install(tmp_path: Path) -> No
     old.apply_batch([Entry(i, 1, _cmd(i)) for i in range(1, 11)])
     raft = RaftLogStore(gdir / "raft.db", node_id=2, group_id=1)
     raft.save(HardState(2, 0), [Entry(i, 1) for i in range(1, 12)])
-    raft.compact(SnapshotMeta(50, 2, conf), (50, 2))
+    raft.compact(SnapshotMeta(50, 2, conf), (50, 2), discard_log=True)
     loaded = raft.load()
     assert loaded.entries == [] and loaded.log_start == (50, 2)
     state = recover_state(gdir, loaded, old, max_sessions=100)
@@ -135,3 +135,25 @@ def test_corrupt_local_snapshot_is_refused(tmp_path: Path) -> None:
     snap.path.write_bytes(bytes(data))
     with pytest.raises(snapfiles.SnapshotError, match="checksum mismatch"):
         snapfiles.verify(snap)
+
+
+def test_snapshots_with_a_catchup_margin_larger_than_the_log(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path / "c", nodes=3, extra_args=[
+        "--snapshot-entries", "50", "--snapshot-catchup-entries", "1000"])
+    c.start()
+    try:
+        c.wait_for_leader()
+        with Client(c.addr_list) as cl:
+            for i in range(200):
+                cl.put(f"k{i}", f"v{i}")
+        lead = c.wait_for_leader()
+        c.wait_applied(c.ids, c.status(lead)["commit"])  # type: ignore[index]
+        assert all(c.status(i)["snapshot"]["taken"] >= 3 for i in c.ids)  # type: ignore[index]
+        for i in c.ids:
+            c.kill(i, signal.SIGKILL)
+        c.start()
+        c.wait_for_leader()
+        with Client(c.addr_list) as cl:
+            assert [cl.get(f"k{i}") for i in (0, 100, 199)] == ["v0", "v100", "v199"]
+    finally:
+        c.stop()

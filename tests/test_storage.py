@@ -67,8 +67,24 @@ def test_compact_keeps_suffix_and_snapshot_meta(tmp_path: Path) -> None:
     assert loaded.snapshot == SnapshotMeta(8, 1, conf)
     assert loaded.log_start == (6, 1)
     assert [e.index for e in loaded.entries] == [7, 8, 9, 10]
-    s.compact(SnapshotMeta(20, 3, conf), (20, 3))  # an installed snapshot beyond the log
+    s.compact(SnapshotMeta(20, 3, conf), (20, 3), discard_log=True)  # installed snapshot
     loaded = s.load()
     assert loaded.entries == [] and loaded.log_start == (20, 3)
     s.save(None, [Entry(21, 3, b"next")])
     assert [e.index for e in s.load().entries] == [21]
+
+
+def test_compact_at_or_below_the_log_start_keeps_the_log(tmp_path: Path) -> None:
+    """A snapshot whose catch-up margin reaches below the log start drops nothing."""
+    s = _store(tmp_path / "raft.db")
+    conf = ConfState(frozenset({1}))
+    s.save(HardState(1, 1), [Entry(i, 1, b"") for i in range(1, 11)])
+    s.compact(SnapshotMeta(5, 1, conf), (0, 0))
+    assert [e.index for e in s.load().entries] == list(range(1, 11))
+    s.compact(SnapshotMeta(8, 1, conf), (4, 1))
+    s.compact(SnapshotMeta(9, 1, conf), (4, 1))  # the same start again: nothing to drop
+    loaded = s.load()
+    assert [e.index for e in loaded.entries] == list(range(5, 11))
+    assert loaded.snapshot == SnapshotMeta(9, 1, conf)
+    with pytest.raises(CorruptLog):
+        s.compact(SnapshotMeta(9, 1, conf), (6, 2))  # the stored entry 6 has term 1

@@ -233,7 +233,8 @@ class Snapshotter:
                 raise errors.ServerError(f"snapshot {meta.index}/{meta.term} to install is "
                                          "missing")
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(r.log_io, r.raftlog.compact, meta, (meta.index, meta.term))
+            await loop.run_in_executor(r.log_io, lambda: r.raftlog.compact(
+                meta, (meta.index, meta.term), discard_log=True))
             done: asyncio.Future[None] = loop.create_future()
             r.enqueue_install(InstallItem(local, done))
             await done

@@ -152,23 +152,27 @@ class RaftLogStore:
     def set_conf(self, conf: ConfState) -> None:
         self._set_meta({"conf": conf_to_json(conf)})
 
-    def compact(self, snap: SnapshotMeta, log_start: tuple[int, int]) -> None:
+    def compact(self, snap: SnapshotMeta, log_start: tuple[int, int], *,
+                discard_log: bool = False) -> None:
         """Record the newest durable snapshot and drop entries up to ``log_start[0]``.
 
         ``log_start`` (index, term) is the compaction point, at or below the snapshot;
         entries between it and the snapshot stay so a slightly lagging follower can
-        still be served from the log. If the entry at ``log_start`` does not have
-        ``log_start[1]`` as its term, or lies beyond the last entry (an installed
-        snapshot replacing the log), every entry is dropped.
+        still be served from the log. ``discard_log`` drops every entry (a snapshot
+        installed from the leader replaces the whole log). Raises :class:`CorruptLog`
+        if the stored entry at ``log_start`` has another term.
         """
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
             index, term = log_start
-            row = c.execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
-            if row is None or row[0] != term:
+            if discard_log:
                 c.execute("DELETE FROM entries")
             else:
+                row = c.execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
+                if row is not None and row[0] != term:
+                    raise CorruptLog(f"{self.path}: entry {index} has term {row[0]}, "
+                                     f"not {term}, at compaction")
                 c.execute("DELETE FROM entries WHERE idx <= ?", (index,))
             c.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (
                 ("snap_index", str(snap.index)), ("snap_term", str(snap.term)),
