@@ -25,7 +25,12 @@ DEFAULT_ADDRS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
 
 
 def install_fast_loop() -> None:
-    """Use uvloop when it is installed (it is a dependency on Linux and macOS)."""
+    """Use uvloop when it is installed (a dependency on Linux and macOS).
+
+    ``KVRAFT_EVENT_LOOP=asyncio`` keeps the standard loop (for comparisons and debugging).
+    """
+    if os.environ.get("KVRAFT_EVENT_LOOP", "uvloop") == "asyncio":
+        return
     try:
         import uvloop
     except ImportError:

@@ -91,6 +91,9 @@ class ReplicaSettings:
     max_inflight_msgs: int = 256
     max_sessions: int = 100_000
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
+    inline_apply_max_entries: int = 8
+    checkpoint_entries: int = 500
+    """Run WAL checkpoints of raft.db and state.db (off the hot path) this often."""
 
 
 class Replica:
@@ -120,6 +123,8 @@ class Replica:
         self.applied_index = 0
         self._apply_items: deque[list[Entry] | InstallItem] = deque()
         self._apply_wake = asyncio.Event()
+        self._applying = False
+        self._since_checkpoint = 0
         self.entries_persisted = 0
         self.snapshotter = Snapshotter(self, settings.snapshot, stream_snapshot)
 
@@ -348,10 +353,15 @@ class Replica:
         if late:
             self._send(self.group_id, late)
         if rd.committed:
-            # Entries are durable locally now; apply them on the state thread while the
-            # loop goes on persisting the next batch.
-            self._apply_items.append(rd.committed)
-            self._apply_wake.set()
+            # Entries are durable locally now. A small batch with nothing ahead of it is
+            # applied right here (no thread hop: lower latency); larger ones go to the
+            # state thread while the loop goes on persisting the next batch.
+            if (not self._apply_items and not self._applying
+                    and len(rd.committed) <= self.settings.inline_apply_max_entries):
+                self._applied(rd.committed, self.state.apply_batch(rd.committed))
+            else:
+                self._apply_items.append(rd.committed)
+                self._apply_wake.set()
         core.advance(rd)
         for rs in rd.read_states:
             heapq.heappush(self._parked_reads, (rs.index, rs.ctx))
@@ -383,11 +393,22 @@ class Replica:
             batch = list(item)
             while q and not isinstance(q[0], InstallItem):
                 batch.extend(q.popleft())  # type: ignore[arg-type]
-            results = await loop.run_in_executor(self._sm_io, self.state.apply_batch, batch)
-            self.applied_index = batch[-1].index
-            self._complete_proposals(batch, results)
-            self._release_reads(self.applied_index)
-            self.snapshotter.maybe_take()
+            self._applying = True
+            try:
+                results = await loop.run_in_executor(self._sm_io, self.state.apply_batch, batch)
+            finally:
+                self._applying = False
+            self._applied(batch, results)
+
+    def _applied(self, batch: list[Entry], results: list[Result]) -> None:
+        self.applied_index = batch[-1].index
+        self._complete_proposals(batch, results)
+        self._release_reads(self.applied_index)
+        self.snapshotter.maybe_take()
+        self._since_checkpoint += len(batch)
+        if self._since_checkpoint >= self.settings.checkpoint_entries:
+            self._since_checkpoint = 0
+            self.snapshotter.checkpoint(self.raftlog, self.state)
 
     def _complete_proposals(self, committed: list[Entry], results: list[Result]) -> None:
         for e, res in zip(committed, results, strict=True):
