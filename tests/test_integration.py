@@ -246,3 +246,40 @@ def test_prometheus_metrics(cluster: LocalCluster) -> None:
     assert 'kvraft_http_requests_total{code="200",op="put"}' in text
     assert "kvraft_http_request_seconds_bucket" in text
     assert "kvraft_transport_frames_sent_total" in text
+
+
+def test_async_client_and_many_threads_on_one_client(cluster: LocalCluster) -> None:
+    import asyncio
+
+    from kvraft import AsyncClient
+
+    async def run() -> None:
+        async with AsyncClient(cluster.addr_list) as ac:
+            await asyncio.gather(*(ac.append("shared", f"<{i}>") for i in range(100)))
+            value = await ac.get("shared")
+            assert value is not None
+            assert all(value.count(f"<{i}>") == 1 for i in range(100))
+
+    asyncio.run(run())
+    with Client(cluster.addr_list) as c:
+        errs: list[BaseException] = []
+
+        def work(t: int) -> None:
+            try:
+                for j in range(20):
+                    c.append("threads", f"[{t}.{j}]")
+            except BaseException as e:  # surfaced below
+                errs.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errs
+        value = c.get("threads") or ""
+        assert all(value.count(f"[{t}.{j}]") == 1 for t in range(16) for j in range(20))
+        with pytest.raises(errors.InvalidArgument):
+            c.put("", "x")
+        with pytest.raises(errors.InvalidArgument):
+            c.put("k", 3)  # type: ignore[arg-type]

@@ -1,0 +1,90 @@
+"""The command line as a user runs it: kvraft up, get/put/append/delete, status, bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kvraft.testing import free_port
+
+
+def _kvraft(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kvraft", *args], capture_output=True,
+                          text=True, timeout=timeout_s)
+
+
+def _up(data: Path, base: int) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "kvraft", "up", "--data-dir", str(data),
+                             "--base-port", str(base)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def _wait_ready(proc: subprocess.Popen[str]) -> list[str]:
+    lines: list[str] = []
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops the cluster" in line:
+            return lines
+    raise AssertionError("kvraft up did not come up:\n" + "".join(lines))
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert "stopped." in out, out
+    assert proc.returncode == 0
+
+
+def test_up_ops_status_bench_and_restart(tmp_path: Path) -> None:
+    base = free_port()
+    while base + 3 > 65000:
+        base = free_port()
+    addrs = ",".join(f"127.0.0.1:{base + i}" for i in range(3))
+    data = tmp_path / "data"
+    proc = _up(data, base)
+    try:
+        out = "".join(_wait_ready(proc))
+        assert f"http://127.0.0.1:{base}" in out and "leader: 127.0.0.1:" in out
+        assert _kvraft("put", "greeting", "hello", "--addr", addrs).stdout.strip() == "OK"
+        assert _kvraft("append", "greeting", ", world", "--addr", addrs).returncode == 0
+        assert _kvraft("get", "greeting", "--addr", addrs).stdout.strip() == "hello, world"
+        absent = _kvraft("get", "nothing", "--addr", addrs)
+        assert absent.returncode == 1 and "absent" in absent.stderr
+        assert _kvraft("put", "doomed", "x", "--addr", addrs).returncode == 0
+        assert _kvraft("delete", "doomed", "--addr", addrs).stdout.strip() == "deleted"
+        st = _kvraft("status", "--addr", addrs)
+        assert st.returncode == 0 and "leader is node" in st.stdout, st.stdout
+        docs = json.loads(_kvraft("status", "--json", "--addr", addrs).stdout)
+        assert sum(g["role"] == "leader" for d in docs.values()
+                   for g in d["groups"].values()) == 1
+        b = _kvraft("bench", "--addr", addrs, "--n", "200", "-c", "4", "--reads", "0.5",
+                    "--keys", "50", "--json")
+        row = json.loads(b.stdout.strip().splitlines()[-1])
+        assert b.returncode == 0 and row["ops"] == 200 and row["errors"] == 0
+    finally:
+        _stop(proc)
+    proc = _up(data, base)  # the same directory brings the same cluster back
+    try:
+        _wait_ready(proc)
+        assert _kvraft("get", "greeting", "--addr", addrs).stdout.strip() == "hello, world"
+    finally:
+        _stop(proc)
+
+
+def test_client_errors_are_distinct(tmp_path: Path) -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    r = _kvraft("get", "k", "--addr", nobody, "--timeout", "0.5")
+    assert r.returncode == 1 and "Unavailable" in r.stderr
+    r = _kvraft("get", "k", "--addr", "not-an-address")
+    assert r.returncode == 2 and "HOST:PORT" in r.stderr
