@@ -11,11 +11,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from kvraft.raft import NONE, Entry, HardState, RaftCore, Ready, Role, roles
+from kvraft.raft import NONE, Entry, HardState, Message, MsgType, RaftCore, Ready, Role, roles
 from kvraft.sim import (
     STEPS_PER_TICK,
     Cluster,
@@ -45,6 +46,8 @@ FOCUS: dict[str, dict[str, Any]] = {
 
 def _happened(c: Cluster, focus: str) -> bool:
     net = c.network
+    if focus.startswith("snap"):
+        return c.events.get("snap-take", 0) > 0 and c.events.get("snap-install", 0) > 0
     if focus == "lossy":
         return net.lost > 0 and net.duplicated > 0 and net.reordered > 0
     if focus == "all":
@@ -62,6 +65,20 @@ def _run(seed: int, nodes: int, ticks: int, *, core_factory: Any = RaftCore,
     print(c.summary())
     return c
 
+
+ALL_FAULTS = FOCUS["all"]["faults"]
+FOCUS.update({
+    # Frequent snapshots, compaction up to the snapshot (margin 0): any follower that
+    # misses a few entries needs InstallSnapshot; streams fail and installs crash.
+    "snap-margin0": {"faults": ALL_FAULTS, "crash_rate": 0.03, "crash_after_write": 0.003,
+                     "partition_rate": 0.02, "snapshot_every": 5, "snapshot_margin": 0,
+                     "install_crash": 0.3, "stream_fail": 0.2},
+    # Compaction keeps a few entries below the snapshot for slightly lagging followers.
+    "snap-margin": {"faults": frozenset({"crash", "isolate", "oneway", "loss", "reorder"}),
+                    "crash_rate": 0.04, "partition_rate": 0.03, "snapshot_every": 10,
+                    "snapshot_margin": 4, "install_crash": 0.3, "stream_fail": 0.2,
+                    "down_ticks_max": 60, "propose_rate": 1.0},
+})
 
 SEEDS_3 = [(focus, seed) for focus in FOCUS for seed in (101, 102, 103)]
 SEEDS_5 = [(focus, seed) for focus in FOCUS for seed in (201, 202)]
@@ -81,9 +98,10 @@ def test_fixed_seeds_5_replicas(focus: str, seed: int) -> None:
     assert c.client.stats["acked"] > 0
 
 
-@pytest.mark.parametrize("seed,nodes", [(s, 3) for s in range(1, 11)] + [(s, 5) for s in range(1, 6)])
+@pytest.mark.parametrize("seed,nodes", [(s, 3) for s in range(1, 21)] + [(s, 5) for s in range(1, 9)])
 def test_random_profiles(seed: int, nodes: int) -> None:
-    """The profile the command-line runner uses: every parameter drawn from the seed."""
+    """The profile the command-line runner uses: every parameter drawn from the seed
+    (snapshots are on in about 70% of the seeds)."""
     _run(seed, nodes, 1000)
 
 
@@ -100,6 +118,21 @@ def test_chaos(seed: int, nodes: int) -> None:
     assert c.events.get("crash", 0) >= 10
 
 
+SNAP_CHAOS_HEAVY: dict[str, Any] = {
+    **CHAOS, "snapshot_every": 3, "snapshot_margin": 0, "snapshot_take_max": 5,
+    "install_crash": 0.3, "stream_fail": 0.2, "apply_sync": 0.5,
+}
+
+
+@pytest.mark.parametrize("seed,nodes", [(304, 3), (305, 3), (306, 5), (307, 5)])
+def test_chaos_with_snapshots(seed: int, nodes: int) -> None:
+    """Crash-heavy with a snapshot every 3 entries, compaction to the snapshot, a lagging
+    durable applied index, failing streams and crashes during installs."""
+    c = _run(seed, nodes, 600, **SNAP_CHAOS_HEAVY)
+    assert c.events.get("crash", 0) >= 10 and c.events.get("snap-install", 0) > 0
+    assert c.events.get("snap-recover", 0) > 0
+
+
 @pytest.mark.parametrize("seed,nodes", [(401, 3), (402, 5)])
 def test_constant_elections_stay_safe(seed: int, nodes: int) -> None:
     """Election timeouts shorter than message and disk latency: elections never stop.
@@ -112,12 +145,14 @@ def test_constant_elections_stay_safe(seed: int, nodes: int) -> None:
 
 # Seeds that found the stuck-replication bug (a follower whose in-flight window is full
 # of lost appends was never sent anything again): they failed `liveness` before the fix.
+# They run without snapshots, which replays them exactly as when they were found.
 REGRESSION_SEEDS = [(2, 3, 400), (6, 3, 400), (8, 3, 400), (3, 5, 400), (6, 5, 400)]
+NO_SNAPSHOTS: dict[str, Any] = {"snapshot_every": 0}
 
 
 @pytest.mark.parametrize("seed,nodes,ticks", REGRESSION_SEEDS)
 def test_regression_seeds(seed: int, nodes: int, ticks: int) -> None:
-    _run(seed, nodes, ticks)
+    _run(seed, nodes, ticks, **NO_SNAPSHOTS)
 
 
 def test_replay_does_not_depend_on_the_hash_seed() -> None:
@@ -364,6 +399,137 @@ def test_figure8_scenario_is_safe(seed: int) -> None:
     _settle_and_check(c)
 
 
+# --- snapshots, compaction and InstallSnapshot ------------------------------------------
+
+
+def _tap(node: Any) -> list[Message]:
+    """Record every message delivered to ``node`` from now on (this lifetime)."""
+    got: list[Message] = []
+    receive = node.receive
+
+    def tap(m: Message) -> None:
+        got.append(m)
+        receive(m)
+
+    node.receive = tap
+    return got
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+@pytest.mark.parametrize("seed", [61, 62])
+def test_follower_behind_the_compacted_log_catches_up_by_snapshot(nodes: int, seed: int) -> None:
+    """A follower down for longer than the leader's log retains comes back: the entries
+    it lacks are gone from every log, so it can only catch up by InstallSnapshot."""
+    print(f"\nseed={seed} nodes={nodes}")
+    c = Cluster(seed, _calm(nodes, propose_rate=1.0, snapshot_every=10, snapshot_margin=5))
+    e = c.cfg.election_ticks
+    lead = _leader(c)
+    f = next(n for n in c.nodes.values() if n is not lead)
+    c.crash(f)
+    was = f.disk.last_index()
+    assert c.run_until_true(lambda: lead.the_core().log.snapshot_index > was + 20, 300)
+    point = lead.the_core().log.snapshot_index
+    assert all(n.core is None or n.core.log.snapshot_index > was for n in c.nodes.values()), \
+        "some log still holds the entries the follower lacks"
+    c.restart(f)
+    got = _tap(f)
+    assert c.run_until_true(lambda: f.applied >= point, 10 * e), "the follower never caught up"
+    snaps = [m.snapshot.index for m in got if m.type == MsgType.SNAP and m.snapshot]
+    first_appended = min((x.index for m in got if m.type == MsgType.APP for x in m.entries),
+                         default=None)
+    print(f"down at {was}, leader compacted to {point}; snapshots {snaps}, first entry "
+          f"appended {first_appended}; {c.summary()}")
+    assert snaps and snaps[0] >= point
+    assert first_appended is None or first_appended > snaps[0], "entries below the snapshot"
+    assert f.disk.snapshot is not None and f.disk.snapshot.index == snaps[0]
+    assert f.disk.log_start[0] == snaps[0]
+    assert c.events.get("snap-install") == 1
+    assert f.sm == lead.sm[: f.applied], "the installed state machine is the leader's prefix"
+    _settle_and_check(c)
+
+
+def test_crash_during_install_is_repaired_on_restart() -> None:
+    """A follower crashes after its disk recorded the snapshot, before its state machine
+    was replaced; on restart it installs the recorded snapshot, then catches up."""
+    c = Cluster(71, _calm(3, propose_rate=1.0, snapshot_every=5, faults=frozenset({"crash"}),
+                          install_crash=1.0, down_ticks_max=5))
+    lead = _leader(c)
+    f = next(n for n in c.nodes.values() if n is not lead)
+    c.crash(f)
+    assert c.run_until_true(lambda: lead.the_core().log.snapshot_index > f.disk.last_index() + 5,
+                            200)
+    c.faulty = True  # only install crashes are enabled (every other rate is 0)
+    c.restart(f)
+    assert c.run_until_true(lambda: c.events.get("install-crash", 0) > 0, 100)
+    d = f.disk
+    assert not f.up and d.snapshot is not None and d.applied < d.log_start[0] == d.snapshot.index
+    c.cfg = replace(c.cfg, install_crash=0.0)
+    assert c.run_until_true(lambda: f.up, 100)
+    assert c.events.get("snap-recover") == 1
+    assert f.applied >= d.snapshot.index and f.sm == lead.sm[: f.applied]
+    c.faulty = False
+    _settle_and_check(c)
+
+
+def stable_after_truncation(seed: int) -> tuple[Cluster, bool]:
+    """A follower's write of entries [a..b] with commit c (a <= c < b) is in flight when a
+    new leader's append replaces entries above c; once the write completes, the follower
+    applies up to c and snapshots (margin 0, at once), compacting its log to c.
+
+    The follower F (of 5) restarts behind: the old leader L, cut off from the three
+    others, sends it its committed entries and an uncommitted tail in one append. F's
+    disk is slow, so the others elect a new leader whose no-op overwrites the tail in
+    F's log while the write is in flight. Returns the cluster and whether that happened.
+    """
+    c = Cluster(seed, SimConfig(nodes=5, propose_rate=0.0, read_rate=0.0, check_quorum=False))
+    n = c.nodes
+    lead = _leader(c)
+    others = [i for i in n if i != lead.id]
+    f, rest = n[others[0]], others[1:]
+    c.crash(f)
+    ps = [c.client.propose(lead) for _ in range(3)]
+    assert c.run_until_true(lambda: all(p is not None and p.status == "acked" for p in ps), 100)
+    assert ps[-1] is not None
+    k = ps[-1].index
+    c.cfg = replace(c.cfg, snapshot_every=1, snapshot_margin=0, snapshot_take_max=0)
+    for o in rest:
+        c.network.block(lead.id, o)
+        c.network.block(o, lead.id)
+    assert all(c.client.propose(lead) is not None for _ in range(2))  # k+1, k+2: uncommitted
+    f.disk_delay = (40 * STEPS_PER_TICK, 40 * STEPS_PER_TICK)
+    c.restart(f)
+
+    def batch_in_flight() -> bool:
+        rd = f.inflight
+        return rd is not None and bool(rd.entries) and rd.entries[-1].index == k + 2 \
+            and bool(rd.committed) and rd.committed[-1].index == k
+    assert c.run_until_true(batch_in_flight, 100)
+    rd = f.inflight
+    replaced = []
+
+    def written() -> bool:
+        core = f.core
+        if f.inflight is rd and core is not None and core.log.term(k + 1) not in (
+                None, rd.entries[-2].term):
+            replaced.append(k + 1)
+        return f.inflight is not rd
+    assert c.run_until_true(written, 100)
+    f.disk_delay = None
+    return c, bool(replaced)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_entries_applied_before_a_truncation_stay_stable(seed: int) -> None:
+    """Regression: RaftCore.advance marked only the Ready's last entry stable; with that
+    entry replaced meanwhile, ``stable`` stayed below the entries just applied and the
+    follower's compaction to its applied index raised InvariantViolation."""
+    c, replaced = stable_after_truncation(seed)
+    assert replaced, "the scenario did not replace in-flight entries"
+    assert c.events.get("snap-take", 0) > 0
+    c.heal()
+    _settle_and_check(c)
+
+
 # --- the checkers can fail: deliberately broken cores --------------------------------
 
 
@@ -421,11 +587,11 @@ class LazyFollowerDisk(RaftCore):
 
 
 def test_checkers_catch_ack_before_persist() -> None:
-    r = run_seed(1, 3, 300, core_factory=LazyFollowerDisk)
+    r = run_seed(1, 3, 300, core_factory=LazyFollowerDisk, **NO_SNAPSHOTS)
     print(r.error)
     assert not r.ok and r.error.startswith("[persistence]")
     # Without the Ready-contract check, the lost acknowledged entries show up end to end.
-    r = run_seed(7, 3, 600, core_factory=LazyFollowerDisk,
+    r = run_seed(7, 3, 600, core_factory=LazyFollowerDisk, **NO_SNAPSHOTS,
                  disabled_checks=frozenset({"persistence"}))
     print(r.error)
     assert not r.ok and r.error.startswith("[leader-completeness]")
@@ -446,11 +612,11 @@ class ForgetfulVote(RaftCore):
 
 
 def test_checkers_catch_unpersisted_votes() -> None:
-    r = run_seed(1, 3, 300, core_factory=ForgetfulVote)
+    r = run_seed(1, 3, 300, core_factory=ForgetfulVote, **NO_SNAPSHOTS)
     print(r.error)
     assert not r.ok and r.error.startswith("[persistence]")
     # End to end: a node that forgets its vote across a crash votes twice in a term.
-    r = run_seed(24, 3, 600, core_factory=ForgetfulVote,
+    r = run_seed(24, 3, 600, core_factory=ForgetfulVote, **NO_SNAPSHOTS,
                  disabled_checks=frozenset({"persistence"}), **CHAOS)
     print(r.error)
     assert not r.ok and r.error.startswith("[election-safety]")
@@ -468,7 +634,59 @@ def test_checkers_catch_reads_without_quorum(monkeypatch: pytest.MonkeyPatch) ->
         deposed_leader_read(41, check_quorum=False)
     print(exc.value)
     assert exc.value.check == "linearizable-read"
-    r = run_seed(10, 3, 600)
+    r = run_seed(10, 3, 600, **NO_SNAPSHOTS)
+    print(r.error)
+    assert not r.ok and r.error.startswith("[linearizable-read]")
+
+
+class NoInstall(RaftCore):
+    """Broken: a follower restores its log to a snapshot from the leader but never asks
+    for the snapshot to be installed (its state machine is not replaced)."""
+
+    def ready(self) -> Ready:
+        self.snapshot_to_install = None
+        return super().ready()
+
+
+SNAP_CHAOS: dict[str, Any] = FOCUS["snap-margin0"]
+
+
+def test_checkers_catch_snapshots_never_installed() -> None:
+    r = run_seed(1, 3, 300, core_factory=NoInstall, **SNAP_CHAOS)
+    print(r.error)
+    assert not r.ok and r.error.startswith("[persistence]")  # the disk has no snapshot
+    r = run_seed(1, 3, 300, core_factory=NoInstall, **SNAP_CHAOS,
+                 disabled_checks=frozenset({"persistence"}))
+    print(r.error)
+    assert not r.ok and r.error.startswith("[state-machine-safety]")  # a gap in applying
+
+
+def _trusting_snapshot(r: RaftCore, m: Message) -> None:
+    """_handle_snapshot that takes any entry at the snapshot's index for a match (the
+    term is not compared), so it may commit a stale entry of its own there."""
+    s = m.snapshot
+    assert s is not None
+    log = r.log
+    if s.index <= log.committed:
+        index = log.committed
+    elif log.term(s.index) is not None:
+        log.commit_to(s.index)
+        index = s.index
+    else:
+        log.restore(s.index, s.term)
+        r.conf = s.conf
+        r.snapshot_to_install = r.latest_snapshot = s
+        index = s.index
+    r.send(Message(MsgType.APP_RESP, to=m.frm, frm=r.id, term=r.term, index=index))
+
+
+def test_checkers_catch_a_snapshot_taken_for_a_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(roles, "_handle_snapshot", _trusting_snapshot)
+    r = run_seed(11, 3, 600, **SNAP_CHAOS)
+    print(r.error)
+    assert not r.ok and r.error.startswith("[state-machine-safety]")
+    # End to end: a read served by that follower misses an acknowledged write.
+    r = run_seed(11, 3, 600, **SNAP_CHAOS, disabled_checks=frozenset({"state-machine-safety"}))
     print(r.error)
     assert not r.ok and r.error.startswith("[linearizable-read]")
 

@@ -157,3 +157,15 @@ def test_snapshots_with_a_catchup_margin_larger_than_the_log(tmp_path: Path) -> 
             assert [cl.get(f"k{i}") for i in (0, 100, 199)] == ["v0", "v100", "v199"]
     finally:
         c.stop()
+
+
+def test_prune_keeps_the_snapshot_raft_db_records(tmp_path: Path) -> None:
+    conf = ConfState(frozenset({1}))
+    src = StateStore(tmp_path / "s.db")
+    made = []
+    for i in range(1, 5):
+        src.apply_batch([Entry(i, 1, _cmd(i))])
+        made.append(snapfiles.create_snapshot(src.path, tmp_path / "snaps", conf))
+    src.close()
+    snapfiles.prune(tmp_path / "snaps", keep=2, protect=(1, 1))
+    assert [s.index for s in snapfiles.list_snapshots(tmp_path / "snaps")] == [1, 3, 4]

@@ -258,8 +258,14 @@ class RaftCore:
         if rd.snapshot is not None and rd.snapshot == self.snapshot_to_install:
             self.snapshot_to_install = None
         if rd.entries:
-            last = rd.entries[-1]
-            self.log.stable_to(last.index, last.term)
+            # All of rd.entries are durable now, but a conflicting append may have
+            # replaced a suffix of them in memory meanwhile: the last one still in the log
+            # is what became stable (not stable_to(last) alone, which would leave
+            # ``stable`` below entries applied from this Ready and make compact() fail).
+            for e in reversed(rd.entries):
+                if self.log.match_term(e.index, e.term):
+                    self.log.stable_to(e.index, e.term)
+                    break
         if rd.committed:
             self.log.applied_to(rd.committed[-1].index)
         if self.role == Role.LEADER:

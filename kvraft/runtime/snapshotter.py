@@ -162,7 +162,9 @@ class Snapshotter:
             if start > core.log.snapshot_index:
                 core.compact(start)
         self.last_index = max(self.last_index, snap.index)
-        await loop.run_in_executor(self._io, snapfiles.prune, self.dir, self.settings.keep)
+        recorded = core.latest_snapshot
+        await loop.run_in_executor(self._io, snapfiles.prune, self.dir, self.settings.keep,
+                                   (recorded.index, recorded.term) if recorded else None)
         log.info("group %d: snapshot at %d (%d bytes) in %.2fs", r.group_id, snap.index,
                  snap.size, elapsed)
         return snap

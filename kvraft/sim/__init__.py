@@ -1,7 +1,8 @@
 """A deterministic, seeded simulator of a kvraft Raft group, with safety checkers.
 
 One seed drives everything (network delays and faults, disk latency, crashes,
-clients, each core's election timeouts), so any failure replays exactly with
+snapshots and their streams, clients, each core's election timeouts), so any failure
+replays exactly with
 ``python -m kvraft.sim --seed S -v``. See ``docs/simulator.md``.
 """
 

@@ -2,23 +2,33 @@
 
 Each check has a name (used in failure messages and in ``SimConfig.disabled_checks``):
 
-- ``invariants``: ``RaftCore.check_invariants()`` after every tick, step, proposal,
-  read, ``ready()`` and ``advance()``; terms never decrease within a lifetime.
+- ``invariants``: the invariants of ``RaftCore.check_invariants()`` after every tick,
+  step, proposal, read, ``ready()`` and ``advance()`` (checked incrementally: only the
+  entries appended since the last check are scanned; the full ``check_invariants()``
+  runs on every core at each full scan, every ``full_check_every`` ticks and at the
+  end); applied entries are stable (``applied <= stable``); terms never decrease
+  within a lifetime.
 - ``election-safety``: at most one leader per term over the whole run.
 - ``log-matching``: two logs (in memory or durable, of any node, at any time) holding
   an entry with the same index and term hold the same entry and agree on the term of
   the entry before it, hence on the whole prefix. Checked on every Ready and by
-  periodic full scans.
+  periodic full scans. Entries below a log's compaction point count as present with
+  the content of the snapshot covering them (see ``snapshots``).
 - ``commit-rule``: a leader's commit index only advances onto an entry of its term;
   a follower never commits past what some leader committed.
 - ``leader-completeness``: every committed entry is in the log of every leader of a
-  later term (checked at election and whenever a leader commits).
+  later term, or covered by its snapshot (checked at election and whenever a leader
+  commits).
 - ``state-machine-safety``: no two nodes (or two lifetimes of one node) apply
   different entries at one index; entries are applied in order, once per lifetime,
-  only once committed and durable locally; a payload is applied at most once.
+  only once committed and durable locally; a payload is applied at most once; every
+  snapshot (taken or installed) is exactly the committed prefix up to its index, so
+  a state machine replaced by a snapshot equals the applied prefix of every node.
 - ``persistence``: the Ready contract as seen from the disk: the hard state never
   goes back (term, vote within a term), the durable log after a write equals the
-  core's log when the Ready was taken, committed entries are never overwritten.
+  core's log when the Ready was taken, committed or compacted entries are never
+  overwritten, a snapshot to install was received first, a restart behind the log
+  finds the recorded snapshot.
 - ``linearizable-read`` / ``durability`` / ``liveness``: checked by the client and the
   cluster (see ``client.py`` and ``cluster.py``).
 """
@@ -27,11 +37,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kvraft.raft import NONE, Entry, HardState, RaftError, Ready, Role
+from kvraft.raft import NONE, Entry, HardState, RaftCore, RaftError, Ready, Role, SnapshotMeta
 
 if TYPE_CHECKING:
     from kvraft.sim.cluster import Cluster
-    from kvraft.sim.node import SimNode
+    from kvraft.sim.node import SimNode, SnapData
 
 
 class SafetyViolation(AssertionError):
@@ -61,6 +71,10 @@ class Checker:
         self.commit_seen: dict[int, int] = {}
         self.term_seen: dict[int, int] = {}
         self.role_seen: dict[int, Role] = {}
+        self.snapshots: dict[tuple[int, int], SnapData] = {}
+        """(index, term) -> the content of every snapshot taken, checked on creation."""
+        self._scanned: dict[int, tuple[list[Entry], int, int, Entry | None]] = {}
+        """node -> (its log's entry list, snapshot index, entries checked, last checked)."""
 
     def fail(self, check: str, message: str) -> None:
         if check in self.disabled:
@@ -75,10 +89,7 @@ class Checker:
         if core is None:
             return
         nid = node.id
-        try:
-            core.check_invariants()
-        except RaftError as e:
-            self.fail("invariants", f"n{nid}: {e}")
+        self._check_invariants(nid, core)
         term = core.term
         if term < self.term_seen.get(nid, 0):
             self.fail("invariants", f"n{nid}: term went back from {self.term_seen[nid]} to {term}")
@@ -100,6 +111,73 @@ class Checker:
             self._check_commit(node, seen, commit, role == Role.LEADER)
         self.commit_seen[nid] = commit
 
+    def _check_invariants(self, nid: int, core: RaftCore) -> None:
+        """``core.check_invariants()``, scanning only the entries added since the last call.
+
+        The scanned prefix is trusted while the log keeps the same entry list and
+        compaction point and its last scanned entry is still the same object in the same
+        place (a truncation below it replaces that object). Full scans re-check all.
+        """
+        log = core.log
+        ents = log.entries
+        si = log.snapshot_index
+        n = 0
+        prev = self._scanned.get(nid)
+        if prev is not None and prev[0] is ents and prev[1] == si:
+            k = prev[2]
+            if k <= len(ents) and (k == 0 or ents[k - 1] is prev[3]):
+                n = k
+        prev_term = ents[n - 1].term if n else log.snapshot_term
+        for k in range(n, len(ents)):
+            e = ents[k]
+            if e.index != si + 1 + k:
+                self.fail("invariants", f"n{nid}: entry {k} has index {e.index}")
+            if e.term < prev_term:
+                self.fail("invariants", f"n{nid}: term decreases at index {e.index}")
+            prev_term = e.term
+        self._scanned[nid] = (ents, si, len(ents), ents[-1] if ents else None)
+        last = si + len(ents)
+        if not (si <= log.applied <= log.applying <= log.committed <= last):
+            self.fail("invariants", f"n{nid}: index order broken: snap {si} applied "
+                                    f"{log.applied} applying {log.applying} commit "
+                                    f"{log.committed} last {last}")
+        if not si <= log.stable <= last:
+            self.fail("invariants", f"n{nid}: stable {log.stable} out of range")
+        if log.applied > log.stable:
+            # Applied entries were durable when applied; a core that forgets it cannot
+            # compact its log up to what it applied.
+            self.fail("invariants", f"n{nid}: applied {log.applied} beyond stable {log.stable}")
+        if core.role == Role.LEADER and core.leader != core.id:
+            self.fail("invariants", f"n{nid}: leader does not name itself")
+
+    def _full_invariants(self, node: SimNode) -> None:
+        core = node.core
+        if core is not None:
+            try:
+                core.check_invariants()
+            except RaftError as e:
+                self.fail("invariants", f"n{node.id}: {e}")
+
+    def entry_at(self, core: RaftCore, index: int) -> Entry | None:
+        """The entry ``core`` holds at ``index``: from its log, or from the snapshot that
+        covers its compacted prefix; None if it holds none."""
+        log = core.log
+        off = index - log.snapshot_index - 1
+        if off >= 0:
+            return log.entries[off] if off < len(log.entries) else None
+        snap = core.latest_snapshot
+        if index <= 0 or snap is None or index > snap.index:
+            return None
+        data = self.snapshots.get((snap.index, snap.term))
+        return data[index - 1] if data is not None else None
+
+    def term_at(self, core: RaftCore, index: int) -> int | None:
+        t = core.log.term(index)
+        if t is None and index < core.log.snapshot_index:
+            e = self.entry_at(core, index)
+            return e.term if e is not None else None
+        return t
+
     def on_restart(self, node: SimNode) -> None:
         core = node.core
         assert core is not None
@@ -117,9 +195,10 @@ class Checker:
                                      f"to {hi}, an entry of term {log.term(hi)}")
         known = len(self.committed)
         for i in range(lo + 1, min(hi, known) + 1):
-            if log.term(i) != self.committed[i - 1].term:
+            t = self.term_at(core, i)
+            if t != self.committed[i - 1].term:
                 self.fail("state-machine-safety" if not leader else "leader-completeness",
-                          f"n{nid} committed {i}@t{log.term(i)} but "
+                          f"n{nid} committed {i}@t{t} but "
                           f"{i}@t{self.committed[i - 1].term} was committed before")
         if hi <= known:
             return
@@ -127,10 +206,13 @@ class Checker:
             self.fail("commit-rule", f"follower n{nid} committed up to {hi}, beyond every "
                                      f"leader's commit index ({known})")
         for i in range(known + 1, hi + 1):
-            t = log.term(i)
-            assert t is not None
-            off = i - log.snapshot_index - 1
-            self.committed.append(log.entries[off])
+            e = self.entry_at(core, i)
+            if e is None:
+                self.fail("leader-completeness", f"leader n{nid} commits {i} but holds no "
+                                                 f"entry there (compacted to "
+                                                 f"{log.snapshot_index})")
+                return
+            self.committed.append(e)
             self.commit_term.append(core.term)
         first = known == 0 or self.commit_term[known - 1] != core.term
         self.cluster.trace(f"n{nid} commits {known + 1}..{hi} (term {core.term})"
@@ -150,11 +232,19 @@ class Checker:
             if self.commit_term[k] >= core.term:
                 break
             e = self.committed[k]
-            if core.log.term(e.index) != e.term:
+            if e.index > core.log.snapshot_index:
+                have = core.log.term(e.index)
+                ok = have == e.term
+            else:  # compacted: the snapshot covering it must hold it
+                got = self.entry_at(core, e.index)
+                have = got.term if got is not None else None
+                ok = got == e or (e.index == core.log.snapshot_index
+                                  and core.log.snapshot_term == e.term and got is None)
+            if not ok:
                 self.fail("leader-completeness",
                           f"n{node.id} leads term {core.term} but lacks committed entry "
                           f"{e.index}@t{e.term} (committed in term {self.commit_term[k]}; "
-                          f"it has t{core.log.term(e.index)})")
+                          f"it has t{have})")
 
     # --- Ready processing -------------------------------------------------------------
 
@@ -182,13 +272,54 @@ class Checker:
             prev_term = e.term
 
     def full_scan(self) -> None:
-        """Check every in-memory and durable log against everything seen so far."""
+        """Check every in-memory and durable log against everything seen so far, and
+        every core's invariants over its whole log."""
         for node in self.cluster.nodes.values():
-            self._record(node, node.disk.entries, 0)
+            d = node.disk
+            self._record(node, d.entries, d.log_start[1])
             core = node.core
             if core is not None:
+                self._full_invariants(node)
                 log = core.log
                 self._record(node, log.entries, log.snapshot_term)
+
+    # --- snapshots --------------------------------------------------------------------
+
+    def _check_snapshot(self, node: SimNode, meta: SnapshotMeta, data: SnapData,
+                        what: str) -> None:
+        key = (meta.index, meta.term)
+        known = self.snapshots.get(key)
+        if known is not None:
+            if known != data:
+                self.fail("state-machine-safety",
+                          f"n{node.id} {what} snapshot {meta.index}@t{meta.term} whose content "
+                          f"differs from another snapshot with that index and term")
+            return
+        n = meta.index
+        if len(data) != n or (n and data[-1].term != meta.term):
+            self.fail("state-machine-safety",
+                      f"n{node.id} {what} snapshot {meta.index}@t{meta.term} holding "
+                      f"{len(data)} entries ending at "
+                      f"t{data[-1].term if data else 0}")
+        if n > len(self.committed) or tuple(self.committed[:n]) != data:
+            bad = next((i + 1 for i in range(min(n, len(self.committed)))
+                        if data[i] != self.committed[i]), min(n, len(self.committed)) + 1)
+            self.fail("state-machine-safety",
+                      f"n{node.id} {what} snapshot {meta.index}@t{meta.term} that is not the "
+                      f"committed prefix (first difference at {bad})")
+        self.snapshots[key] = data
+
+    def on_snapshot_taken(self, node: SimNode, meta: SnapshotMeta, data: SnapData) -> None:
+        self._check_snapshot(node, meta, data, "takes")
+
+    def on_install(self, node: SimNode, meta: SnapshotMeta, data: SnapData) -> None:
+        """A state machine is about to be replaced by a snapshot received from a leader."""
+        self._check_snapshot(node, meta, data, "installs")
+        core = node.core
+        assert core is not None
+        if core.log.snapshot_index < meta.index:
+            self.fail("persistence", f"n{node.id} installs snapshot {meta.index} but its core's "
+                                     f"log starts at {core.log.snapshot_index}")
 
     def before_write(self, node: SimNode, rd: Ready) -> None:
         d = node.disk
@@ -202,6 +333,9 @@ class Checker:
                                          f"from {old.vote} to {hs.vote}")
         if rd.entries:
             first = rd.entries[0].index
+            if first <= d.log_start[0]:
+                self.fail("persistence", f"n{node.id} writes entries from {first}, at or below "
+                                         f"its durable compaction point {d.log_start[0]}")
             if first > d.last_index() + 1:
                 self.fail("persistence", f"n{node.id} writes entries from {first} but its "
                                          f"durable log ends at {d.last_index()}")
@@ -213,7 +347,7 @@ class Checker:
         last, last_term, hs = expect
         d = node.disk
         dl = d.last_index()
-        dterm = d.entries[-1].term if d.entries else 0
+        dterm = d.last_term()
         if (dl, dterm) != (last, last_term):
             self.fail("persistence", f"n{node.id}: after its Ready is written the durable log "
                                      f"ends at {dl}@t{dterm}, but the core's log ended at "

@@ -112,6 +112,17 @@ class Client:
                 c.checker.fail("log-matching", f"{p.payload!r} accepted at {p.index}@t{p.term} "
                                                f"applied with term {e.term}")
 
+    def on_install(self, node: SimNode, index: int) -> None:
+        """``node`` replaced its state machine by a snapshot up to ``index``: proposals it
+        accepted at or below it never see their entry applied (the runtime times them out
+        with OutcomeUnknown)."""
+        waiting = self.pending.get((node.id, node.incarnation))
+        if not waiting:
+            return
+        for i in [i for i in waiting if i <= index]:
+            waiting.pop(i).status = "unknown"
+            self.stats["unknown"] += 1
+
     # --- reads --------------------------------------------------------------------------
 
     def read(self, node: SimNode) -> Read | None:

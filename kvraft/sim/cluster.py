@@ -3,7 +3,8 @@
 Simulated time advances in steps (``STEPS_PER_TICK`` per tick) through one event
 queue ordered by (time, insertion order); every random choice comes from
 ``Cluster.rng`` (each core gets its own ``random.Random`` seeded from it), so a
-seed replays exactly. There are no threads, clocks or sockets.
+seed replays exactly. There are no threads, clocks or sockets. SNAP messages do not
+travel as messages but start a snapshot stream (``stream_snapshot``), as in the runtime.
 
 A run (:meth:`Cluster.run`) has two phases: ``cfg.ticks`` ticks of random faults and
 client traffic, then the settle phase: the network heals, every node restarts, the
@@ -19,13 +20,13 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from kvraft.raft import Config, ConfState, RaftCore, Role, SoftState
+from kvraft.raft import Config, ConfState, Message, MsgType, RaftCore, Role, SoftState
 from kvraft.raft.errors import RaftError
 from kvraft.sim.checkers import Checker
 from kvraft.sim.client import Client, Proposal
 from kvraft.sim.config import STEPS_PER_TICK, SimConfig
 from kvraft.sim.network import Network
-from kvraft.sim.node import CoreFactory, SimNode
+from kvraft.sim.node import CoreFactory, SimNode, SnapData
 
 PARTITION_KINDS = ("split", "isolate", "oneway", "partial")
 
@@ -142,6 +143,59 @@ class Cluster:
         if node.up:
             node.receive(m)
 
+    # --- messages and snapshot streams ------------------------------------------------
+
+    def send(self, node: SimNode, m: Message) -> None:
+        """A node sends ``m``: SNAP messages go with a snapshot stream, the rest by message."""
+        if m.type == MsgType.SNAP:
+            self.stream_snapshot(node, m)
+        else:
+            self.network.send(m)
+
+    def stream_snapshot(self, node: SimNode, m: Message) -> None:
+        """Stream the snapshot file a SNAP message names, out of band (as the runtime's
+        ``Snapshotter.send``): the follower steps SNAP only once the file has arrived, and
+        the sender reports the outcome to its core. A stream to a peer already being
+        streamed to is not started; a stream dies with its sender; it fails if the file
+        is gone, if the link is cut at its start or end, if the receiver is down at its
+        end, or (``stream_fail``, with the loss fault) at random."""
+        meta = m.snapshot
+        if meta is None or m.to in node.streaming:
+            return
+        node.streaming.add(m.to)
+        data = node.disk.files.get((meta.index, meta.term))
+        cfg = self.cfg
+        ok = data is not None and not self.network.is_blocked(m.frm, m.to)
+        if ok and self.faulty and "loss" in cfg.faults and cfg.stream_fail \
+                and self.rng.random() < cfg.stream_fail:
+            ok = False
+        self.count("snap-send")
+        self.trace(f"n{m.frm} streams snapshot {meta.index}@t{meta.term} to n{m.to}"
+                   + ("" if data is not None else " (file gone)"))
+        self.schedule(self.rng.randint(1, cfg.stream_delay_max), self._stream_done, node,
+                      node.incarnation, m, data, ok)
+
+    def _stream_done(self, node: SimNode, incarnation: int, m: Message, data: SnapData | None,
+                     ok: bool) -> None:
+        if node.incarnation != incarnation:
+            return  # the sender crashed: the stream died with it, nobody reports
+        node.streaming.discard(m.to)
+        dst = self.nodes[m.to]
+        net = self.network
+        ok = ok and dst.up and not net.is_blocked(m.frm, m.to) and not net.is_blocked(m.to, m.frm)
+        meta = m.snapshot
+        assert meta is not None
+        if ok:
+            assert data is not None
+            self.trace(f"n{m.to} received snapshot {meta.index}@t{meta.term} from n{m.frm}",
+                       level=2)
+            dst.receive_snapshot(m, data)
+        else:
+            self.count("snap-fail")
+            self.trace(f"snapshot stream n{m.frm} -> n{m.to} failed", level=2)
+        if node.up:
+            node.report_snapshot(m.to, ok)
+
     # --- tracing --------------------------------------------------------------------
 
     def trace(self, text: str, level: int = 1) -> None:
@@ -161,7 +215,7 @@ class Cluster:
         self.trace(f"n{node.id} soft state: {ss.role.name} term {ss.term} leader {ss.leader}",
                    level=2)
 
-    def _count(self, event: str) -> None:
+    def count(self, event: str) -> None:
         self.events[event] = self.events.get(event, 0) + 1
 
     # --- queries --------------------------------------------------------------------
@@ -200,16 +254,17 @@ class Cluster:
         old = node.incarnation
         node.crash()
         self.client.on_crash(node, old)
-        self._count("crash")
-        self.trace(f"CRASH n{node.id} (durable: term {node.disk.hard_state.term}, "
-                   f"log {node.disk.last_index()}, applied {node.disk.applied})")
+        self.count("crash")
+        d = node.disk
+        self.trace(f"CRASH n{node.id} (durable: term {d.hard_state.term}, "
+                   f"log {d.describe_log()}, applied {d.applied})")
 
     def restart(self, node: SimNode) -> None:
         if node.up:
             return
         node.start()
         self._schedule_ticks(node)
-        self._count("restart")
+        self.count("restart")
         self.trace(f"RESTART n{node.id} (term {node.the_core().term}, "
                    f"log {node.disk.last_index()}, applied {node.applied})")
 
@@ -234,6 +289,18 @@ class Cluster:
         if self.faulty and cfg.crash_after_write and "crash" in cfg.faults \
                 and self.rng.random() < cfg.crash_after_write:
             self.trace(f"n{node.id} crashes right after a write")
+            self._crash_for_a_while(node)
+            return True
+        return False
+
+    def maybe_crash_during_install(self, node: SimNode) -> bool:
+        """Called once a node recorded a snapshot with its log, before it replaced its
+        state machine: the crash point the restart must repair."""
+        cfg = self.cfg
+        if self.faulty and cfg.install_crash and "crash" in cfg.faults \
+                and self.rng.random() < cfg.install_crash:
+            self.trace(f"n{node.id} crashes while installing a snapshot")
+            self.count("install-crash")
             self._crash_for_a_while(node)
             return True
         return False
@@ -296,7 +363,7 @@ class Cluster:
                     desc.append(f"{a}-x->{b}")
             self.partition = f"{kind} {' '.join(desc)}"
             self.trace(f"PARTITION {self.partition}")
-        self._count(kind)
+        self.count(kind)
         self.partition_id += 1
         ticks = rng.randint(1, self.cfg.partition_ticks_max)
         self.schedule(ticks * STEPS_PER_TICK + rng.randrange(STEPS_PER_TICK),
@@ -319,7 +386,7 @@ class Cluster:
                 if lead is not None:
                     target = rng.choice([i for i in self.nodes if i != lead.id])
                     self.trace(f"TRANSFER n{lead.id} -> n{target}")
-                    self._count("transfer")
+                    self.count("transfer")
                     try:
                         lead.transfer_leadership(target)
                     except (RaftError, ValueError):

@@ -20,6 +20,10 @@ FAULT_KINDS = ("crash", "split", "isolate", "oneway", "partial", "loss", "dup", 
 """Every fault the simulator can inject (names usable in ``SimConfig.faults``)."""
 
 
+_SNAPSHOT_FIELDS = frozenset({"snapshot_margin", "snapshot_take_max", "snapshot_keep",
+                              "stream_delay_max", "stream_fail", "install_crash"})
+
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     nodes: int = 3
@@ -65,6 +69,29 @@ class SimConfig:
     """Probability that the applied index is made durable after applying a batch."""
     transfer_rate: float = 0.0
 
+    # --- snapshots and log compaction -------------------------------------------------
+    snapshot_every: int = 0
+    """Each node snapshots its state machine once this many entries were applied since
+    its last snapshot (0: never, and the log is never compacted)."""
+    snapshot_margin: int = 0
+    """Entries kept below a new snapshot for slightly lagging followers: the log is
+    compacted to max(current compaction point, snapshot index - margin)."""
+    snapshot_take_max: int = 20
+    """Taking a snapshot (copy, write, record, compact) completes 0..this many steps after
+    the applied index it covers was reached; the node keeps running meanwhile."""
+    snapshot_keep: int = 2
+    """Snapshot files a node keeps after taking one: the newest by index, as the
+    runtime's ``prune``, plus the one recorded with the log; received files are kept
+    until then."""
+    stream_delay_max: int = 30
+    """Streaming a snapshot to a follower completes (or fails) 1..this many steps later."""
+    stream_fail: float = 0.0
+    """Probability that a snapshot stream fails (with the ``loss`` fault, while faulty)."""
+    install_crash: float = 0.0
+    """Probability that a node crashes while installing a snapshot from its leader, after
+    its disk recorded the snapshot and before its state machine was replaced (with the
+    ``crash`` fault, while faulty)."""
+
     # --- clients --------------------------------------------------------------------
     propose_rate: float = 0.5
     """Mean proposals per tick."""
@@ -75,7 +102,8 @@ class SimConfig:
     liveness_factor: int = 10
     """After the heal, a proposal must commit within liveness_factor * election_ticks."""
     full_check_every: int = 100
-    """Ticks between full log-matching scans (incremental checks run on every Ready)."""
+    """Ticks between full scans: log matching over every log, and ``check_invariants()``
+    of every core over its whole log (incremental checks run after every operation)."""
     disabled_checks: frozenset[str] = field(default_factory=frozenset)
 
     def describe(self) -> str:
@@ -84,6 +112,8 @@ class SimConfig:
         parts = []
         for f in fields(self):
             v = getattr(self, f.name)
+            if not self.snapshot_every and f.name in _SNAPSHOT_FIELDS:
+                continue  # irrelevant without snapshots
             if v != getattr(default, f.name):
                 if isinstance(v, frozenset):
                     v = ",".join(sorted(v)) or "-"
@@ -95,14 +125,26 @@ class SimConfig:
     def calm(self) -> SimConfig:
         """The same world with every fault and the random clients switched off."""
         return replace(self, faults=frozenset(), crash_rate=0.0, crash_after_write=0.0,
-                       partition_rate=0.0,
+                       partition_rate=0.0, stream_fail=0.0, install_crash=0.0,
                        loss=0.0, dup=0.0, transfer_rate=0.0, propose_rate=0.0, read_rate=0.0)
 
 
-def profile_for_seed(rng: random.Random, nodes: int, ticks: int, **overrides: Any) -> SimConfig:
+def snapshot_rng(seed: int) -> random.Random:
+    """The generator the snapshot parameters of a seed's profile are drawn from.
+
+    It is separate from the world's generator so that a seed run with snapshots off
+    (``snapshot_every=0``) replays exactly as it did before snapshots were simulated.
+    """
+    return random.Random(seed * 1_000_003 + 0x5A)
+
+
+def profile_for_seed(rng: random.Random, nodes: int, ticks: int, *,
+                     snap_rng: random.Random | None = None, **overrides: Any) -> SimConfig:
     """Draw a random fault/timing profile from ``rng`` (the world's generator).
 
-    ``overrides`` replace drawn fields; passing ``faults`` restricts the fault kinds.
+    The snapshot parameters are drawn from ``snap_rng`` (see :func:`snapshot_rng`);
+    without it snapshots stay off. ``overrides`` replace drawn fields; passing
+    ``faults`` restricts the fault kinds.
     """
     faults = frozenset(k for k in FAULT_KINDS if rng.random() < 0.6)
     if not faults:
@@ -142,4 +184,23 @@ def profile_for_seed(rng: random.Random, nodes: int, ticks: int, **overrides: An
         read_rate=rng.uniform(0.0, 0.6),
         faults=faults,
     )
+    if snap_rng is not None:
+        cfg = replace(cfg, **snapshot_profile(snap_rng))
     return replace(cfg, **overrides) if overrides else cfg
+
+
+def snapshot_profile(rng: random.Random) -> dict[str, Any]:
+    """Snapshot parameters: on in about 70% of the seeds, often frequent enough (and with
+    a small enough margin) that a follower missing a few ticks needs InstallSnapshot."""
+    if rng.random() >= 0.7:
+        return {"snapshot_every": 0}
+    every = rng.choice((3, 5, 10, 20, 50, 100))
+    return {
+        "snapshot_every": every,
+        "snapshot_margin": rng.choice((0, 0, 1, 3, every // 2, every, 4 * every)),
+        "snapshot_take_max": rng.randint(0, 3 * STEPS_PER_TICK),
+        "snapshot_keep": rng.choice((1, 2, 2)),
+        "stream_delay_max": rng.randint(1, 6 * STEPS_PER_TICK),
+        "stream_fail": rng.choice((0.0, rng.uniform(0.05, 0.4))),
+        "install_crash": rng.choice((0.0, rng.uniform(0.05, 0.5))),
+    }

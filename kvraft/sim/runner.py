@@ -19,7 +19,7 @@ from typing import Any
 from kvraft.raft import RaftCore
 from kvraft.sim.checkers import SafetyViolation
 from kvraft.sim.cluster import Cluster
-from kvraft.sim.config import profile_for_seed
+from kvraft.sim.config import profile_for_seed, snapshot_rng
 from kvraft.sim.node import CoreFactory
 
 
@@ -37,9 +37,10 @@ class SeedResult:
 def make_cluster(seed: int, nodes: int = 3, ticks: int = 1000, *, verbose: int = 0,
                  core_factory: CoreFactory = RaftCore,
                  out: Callable[[str], None] = print, **overrides: Any) -> Cluster:
-    """The cluster of a seed: its fault profile is drawn from the seed's generator."""
+    """The cluster of a seed: its fault profile is drawn from the seed's generator (the
+    snapshot parameters from :func:`~kvraft.sim.config.snapshot_rng`)."""
     rng = random.Random(seed)
-    cfg = profile_for_seed(rng, nodes, ticks, **overrides)
+    cfg = profile_for_seed(rng, nodes, ticks, snap_rng=snapshot_rng(seed), **overrides)
     return Cluster(seed, cfg, rng=rng, core_factory=core_factory, verbose=verbose, out=out)
 
 

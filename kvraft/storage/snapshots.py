@@ -168,10 +168,16 @@ def verify(snap: LocalSnapshot) -> None:
                             f"expected {snap.sha256}, {snap.size} bytes)")
 
 
-def prune(snap_dir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` snapshots, and leftover temporary files."""
+def prune(snap_dir: Path, keep: int, protect: tuple[int, int] | None = None) -> None:
+    """Delete all but the newest ``keep`` snapshots, and leftover temporary files.
+
+    ``protect`` (index, term) is never deleted: it is the snapshot raft.db records, the
+    one a restart needs if state.db turns out to be behind the log (after a power loss).
+    """
     snaps = list_snapshots(snap_dir)
     for s in snaps[:-keep] if keep > 0 else snaps:
+        if (s.index, s.term) == protect:
+            continue
         s.path.with_suffix(".json").unlink(missing_ok=True)
         s.path.unlink(missing_ok=True)
     for tmp in snap_dir.glob("tmp-*"):
