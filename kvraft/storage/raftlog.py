@@ -12,7 +12,6 @@ The store is used from one thread at a time (the replica's I/O worker).
 from __future__ import annotations
 
 import json
-import sqlite3
 import struct
 import zlib
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvraft.raft.types import ConfState, Entry, HardState, SnapshotMeta
+from kvraft.storage.sqlite_util import checkpoint, open_wal, transaction
 
 FORMAT_VERSION = 1
 _HDR = struct.Struct(">QQB")
@@ -72,12 +72,7 @@ class LoadedLog:
 class RaftLogStore:
     def __init__(self, path: str | Path, *, node_id: int, group_id: int) -> None:
         self.path = Path(path)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        c = self.conn
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=FULL")
-        c.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint(): off the write path
-        c.execute(f"PRAGMA journal_size_limit={16 << 20}")  # WAL shrinks after a reset
+        self.conn = c = open_wal(self.path, "FULL")
         c.executescript(_SCHEMA)
         self._check_identity(node_id, group_id)
 
@@ -96,13 +91,8 @@ class RaftLogStore:
 
     def _set_meta(self, kv: dict[str, str]) -> None:
         c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(c):
             c.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", kv.items())
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     def load(self) -> LoadedLog:
         meta = dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
@@ -137,8 +127,7 @@ class RaftLogStore:
         if hard_state is None and not entries:
             return
         c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(c):
             if hard_state is not None:
                 c.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
                               (("term", str(hard_state.term)), ("vote", str(hard_state.vote))))
@@ -146,10 +135,6 @@ class RaftLogStore:
                 c.execute("DELETE FROM entries WHERE idx >= ?", (entries[0].index,))
                 c.executemany("INSERT INTO entries (idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
                               [(e.index, e.term, e.kind, e.data, entry_crc(e)) for e in entries])
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
 
     def set_conf(self, conf: ConfState) -> None:
         self._set_meta({"conf": conf_to_json(conf)})
@@ -165,8 +150,7 @@ class RaftLogStore:
         if the stored entry at ``log_start`` has another term.
         """
         c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(c):
             index, term = log_start
             if discard_log:
                 c.execute("DELETE FROM entries")
@@ -180,27 +164,10 @@ class RaftLogStore:
                 ("snap_index", str(snap.index)), ("snap_term", str(snap.term)),
                 ("snap_conf", conf_to_json(snap.conf)), ("conf", conf_to_json(snap.conf)),
                 ("log_start_index", str(index)), ("log_start_term", str(term))))
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-
-    def size_bytes(self) -> int:
-        row = self.conn.execute("SELECT COALESCE(SUM(LENGTH(data)) + COUNT(*) * 24, 0) "
-                                "FROM entries").fetchone()
-        return int(row[0])
 
     def checkpoint(self) -> None:
-        """Copy WAL frames into the database (PASSIVE: concurrent writers go on).
-
-        Runs on its own short-lived connection, from any thread; once a checkpoint has
-        caught up, the next write starts the WAL from its beginning again.
-        """
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            conn.close()
+        """Checkpoint the WAL (see :func:`kvraft.storage.sqlite_util.checkpoint`)."""
+        checkpoint(self.path)
 
     def close(self) -> None:
         self.conn.close()

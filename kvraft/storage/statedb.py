@@ -23,6 +23,7 @@ import msgpack
 from kvraft.kv.machine import KVStateMachine, Result, Session, Status
 from kvraft.raft.types import ConfState, Entry, EntryKind
 from kvraft.storage.raftlog import conf_from_json, conf_to_json
+from kvraft.storage.sqlite_util import checkpoint, open_wal, transaction
 
 FORMAT_VERSION = 1
 
@@ -57,12 +58,7 @@ class StateStore:
 
     def __init__(self, path: str | Path, *, max_sessions: int = 100_000) -> None:
         self.path = Path(path)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        c = self.conn
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("PRAGMA synchronous=NORMAL")
-        c.execute("PRAGMA wal_autocheckpoint=0")  # see checkpoint(): off the write path
-        c.execute(f"PRAGMA journal_size_limit={16 << 20}")  # WAL shrinks after a reset
+        self.conn = c = open_wal(self.path, "NORMAL")
         try:
             c.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
@@ -108,8 +104,7 @@ class StateStore:
             return []
         c = self.conn
         results: list[Result] = []
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(c):
             for e in entries:
                 if e.kind == EntryKind.NORMAL:
                     results.append(self.machine.apply(e.index, e.data))
@@ -117,10 +112,6 @@ class StateStore:
                     results.append(Result(Status.OK))
             last = entries[-1]
             self._write_meta({"applied_index": str(last.index), "applied_term": str(last.term)})
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
         return results
 
     # --- Backend protocol (called inside apply_batch's transaction) ---------------
@@ -167,16 +158,8 @@ class StateStore:
         return None if row is None else str(row[0])
 
     def checkpoint(self) -> None:
-        """Copy WAL frames into the database (PASSIVE: concurrent writers go on).
-
-        Runs on its own short-lived connection, from any thread; once a checkpoint has
-        caught up, the next write starts the WAL from its beginning again.
-        """
-        conn = sqlite3.connect(self.path, isolation_level=None)
-        try:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        finally:
-            conn.close()
+        """Checkpoint the WAL (see :func:`kvraft.storage.sqlite_util.checkpoint`)."""
+        checkpoint(self.path)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -1,0 +1,49 @@
+"""SQLite helpers shared by raft.db and state.db."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+WAL_SIZE_LIMIT_BYTES = 16 << 20
+
+
+def open_wal(path: Path, synchronous: str) -> sqlite3.Connection:
+    """A writer connection in WAL mode, autocommit, usable from any one thread at a time.
+
+    Automatic checkpoints are off (they would fsync the database file inside a commit
+    on the write path); callers run :func:`checkpoint` from another thread instead.
+    """
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def checkpoint(path: Path) -> None:
+    """Copy WAL frames into the database (PASSIVE: concurrent writers go on).
+
+    Runs on its own short-lived connection, from any thread; once a checkpoint has
+    caught up, the next write starts the WAL from its beginning again.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+    finally:
+        conn.close()
