@@ -165,6 +165,19 @@ class LocalCluster:
             time.sleep(0.05)
         raise ClusterError(f"no leader within {timeout_s}s; logs in {self.root}")
 
+    def wait_converged(self, timeout_s: float = 20.0, group: int = 1) -> int:
+        """Wait until every running node names the same leader; returns it."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            lead = self.leader(group)
+            if lead is not None:
+                up = [i for i in self.ids if self.running(i) and i not in self.paused]
+                sts = [self.status(i, group) for i in up]
+                if all(st is not None and st.get("leader") == lead for st in sts):
+                    return lead
+            time.sleep(0.05)
+        raise ClusterError(f"nodes did not agree on a leader within {timeout_s}s")
+
     def wait_applied(self, nodes: list[int], index: int, timeout_s: float = 20.0,
                      group: int = 1) -> None:
         deadline = time.monotonic() + timeout_s
