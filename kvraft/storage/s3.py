@@ -35,6 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -62,6 +63,7 @@ from kvraft.storage.s3_manifest import Manifest as Manifest
 from kvraft.storage.s3_manifest import SnapshotNotFound as SnapshotNotFound
 from kvraft.storage.s3_manifest import SnapshotStoreError as SnapshotStoreError
 from kvraft.storage.s3_manifest import StoreUnavailable as StoreUnavailable
+from kvraft.storage.snapshots import fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -112,27 +114,6 @@ def _s3_errors(what: str) -> Iterator[None]:
         yield
     except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
         raise _translate(exc, what) from exc
-
-
-def _hash_file(path: str) -> tuple[int, str]:
-    """Stream ``path`` and return ``(size, sha256 hex)``."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_IO_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    """Best-effort fsync of a directory so a rename inside it is durable."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _remove_quietly(path: str) -> None:
@@ -411,7 +392,7 @@ class S3SnapshotStore:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"membership is not JSON-serialisable: {exc}") from exc
         before = os.stat(path)
-        size, digest = _hash_file(path)
+        digest, size = sha256_file(Path(path))
         existing = self._upload_unneeded(group, index, term, size, digest)
         if existing is not None:
             return existing, False
@@ -498,7 +479,8 @@ class S3SnapshotStore:
         except BaseException:
             _remove_quietly(partial)
             raise
-        _fsync_dir(os.path.dirname(os.path.abspath(dest_path)))
+        with contextlib.suppress(OSError):  # best effort: the rename is already done
+            fsync_dir(Path(os.path.abspath(dest_path)).parent)
 
     def apply_retention(self, group: int, keep: int) -> builtins.list[str]:
         """Keep the newest ``keep`` (>= 1) complete snapshots of ``group``; delete older objects.
