@@ -41,6 +41,7 @@ from kvraft.raft import (
     ConfState,
     Entry,
     InitialState,
+    InvariantViolation,
     Message,
     MsgType,
     ProposalDropped,
@@ -212,11 +213,25 @@ class Replica:
 
     def step(self, msgs: list[Message]) -> None:
         core = self.core
-        if core is None:
+        if core is None or self.failed.done():
             return
-        for m in msgs:
-            core.step(m)
+        try:
+            for m in msgs:
+                core.step(m)
+        except InvariantViolation as e:
+            self._fatal(e)
+            return
         self._wake.set()
+
+    def _fatal(self, e: BaseException) -> None:
+        """An internal invariant broke: stop this replica loudly, serve nothing more."""
+        log.critical("group %d replica %d stopped: %s", self.group_id, self.node_id, e,
+                     exc_info=e)
+        self._fail_all(errors.Unavailable(f"replica failed: {e}"))
+        if not self.failed.done():
+            self.failed.set_result(e)
+        for t in self._tasks:
+            t.cancel()
 
     def wake(self) -> None:
         self._wake.set()
@@ -320,11 +335,7 @@ class Replica:
         except asyncio.CancelledError:
             raise
         except BaseException as e:
-            log.critical("group %d replica %d stopped: %s", self.group_id, self.node_id, e,
-                         exc_info=True)
-            self._fail_all(errors.Unavailable(f"replica failed: {e}"))
-            if not self.failed.done():
-                self.failed.set_result(e)
+            self._fatal(e)
 
     async def _handle_ready(self, core: RaftCore, rd: Ready) -> None:
         loop = asyncio.get_running_loop()
