@@ -70,6 +70,11 @@ def _load_config(path: str | None) -> dict[str, Any]:
 @click.option("--id", "node_id", type=int, help="This node's id (a positive integer).")
 @click.option("--listen", help="HOST:PORT to serve clients and peers on.")
 @click.option("--peer", "peers", multiple=True, help="ID=HOST:PORT of a group member (repeat).")
+@click.option("--group", "groups", multiple=True, type=click.IntRange(0),
+              help="A group this node is a bootstrap member of, with its peers (repeat); "
+              "0 is the shard controller.")
+@click.option("--controller", help="HOST:PORT,... of the controller's members (needed when "
+              "this node does not host group 0).")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where raft.db/state.db live.")
 @click.option("--secret", envvar="KVRAFT_SECRET", help="Cluster secret (or KVRAFT_SECRET).")
 @click.option("--tick-ms", type=int, help="Raft tick interval [50].")
@@ -92,7 +97,8 @@ def _load_config(path: str | None) -> dict[str, Any]:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(config_path: str | None, node_id: int | None, listen: str | None,
-          peers: tuple[str, ...], data_dir: str | None, secret: str | None,
+          peers: tuple[str, ...], groups: tuple[int, ...], controller: str | None,
+          data_dir: str | None, secret: str | None,
           tick_ms: int | None, election_ticks: int | None, heartbeat_ticks: int | None,
           max_key_bytes: int | None, max_value_bytes: int | None,
           snapshot_entries: int | None, snapshot_catchup_entries: int | None,
@@ -133,9 +139,15 @@ def serve(config_path: str | None, node_id: int | None, listen: str | None,
         keep=pick("backup_keep", backup_keep, 5))
     limits = Limits(max_key_bytes=pick("max_key_bytes", max_key_bytes, 4096),
                     max_value_bytes=pick("max_value_bytes", max_value_bytes, 1 << 20))
+    group_list = list(groups) or [int(g) for g in file_cfg.get("groups", [])]
+    ctrl = pick("controller", controller) or ""
+    if isinstance(ctrl, list):
+        ctrl = ",".join(str(a) for a in ctrl)
     try:
         cfg = NodeConfig(node_id=int(node_id), listen=str(listen), peers=peer_map,
                          data_dir=Path(data_dir), secret=pick("secret", secret, "") or "",
+                         groups=tuple(group_list),
+                         controller=tuple(a.strip() for a in ctrl.split(",") if a.strip()),
                          replica=rs, limits=limits, backup=backup)
     except ValueError as e:
         raise click.UsageError(str(e)) from None

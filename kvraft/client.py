@@ -1,9 +1,16 @@
 """The Python client library: :class:`AsyncClient` (asyncio) and :class:`Client` (sync).
 
-Both find the leader from any node's hints, retry each operation until its deadline,
-and give every write a session identity (client id, sequence number) that stays the
-same across retries, so a retried write takes effect exactly once — also across
-leader changes and node restarts.
+Both read the shard map (the controller's newest configuration) from any node, route
+each key straight to the leader of the group that owns its range, and refresh the map
+when a group answers ``wrong_group`` (SHARDING.md rule 3: if the group is behind the
+client's map, the client backs off and retries the same group instead). Every write
+gets a session identity (client id, sequence number) that stays the same across
+retries, so a retried write takes effect exactly once — also across leader changes,
+node restarts and the move of its range to another group. Sessions are per group
+(``<id>.<gid>``); a write keeps the session it started with wherever it is retried.
+
+``scan`` walks the ranges in key order; each range's part is linearizable, but a scan
+across ranges is not one atomic snapshot.
 
 Errors (``kvraft.errors``): ``InvalidArgument``/``TooLarge`` for a bad request (never
 retried), ``Unavailable`` when the cluster could not answer before the deadline, and
@@ -27,6 +34,7 @@ import aiohttp
 import yarl
 
 from kvraft import errors
+from kvraft.ctrler.config import Configuration
 from kvraft.recorder import HistoryRecorder
 
 T = TypeVar("T")
@@ -73,6 +81,20 @@ class _Session:
         return min(self.inflight) if self.inflight else self.next_seq
 
 
+def _kv_path(prefix: str, key: str) -> str:
+    return prefix + urllib.parse.quote(key, safe="")
+
+
+class _suppress_unavailable:
+    """``with _suppress_unavailable():`` — a failed map refresh is retried later."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: object, exc: object, tb: object) -> bool:
+        return isinstance(exc, errors.Unavailable)
+
+
 class _SessionLost(errors.KvraftError):
     """The server no longer knows this session, and this write never reached it."""
 
@@ -110,9 +132,12 @@ class AsyncClient:
         self.attempt_timeout_s = attempt_timeout_s
         self.recorder = recorder
         self.name = name or f"c-{uuid.uuid4().hex[:8]}"
-        self._leader: str | None = None
-        self._rr = itertools.cycle(range(len(self.addresses)))
-        self._session_obj = _Session(uuid.uuid4().hex)
+        self._rr = itertools.count()
+        self._client_id = uuid.uuid4().hex
+        self._sessions: dict[int, _Session] = {}
+        self._leaders: dict[int, str] = {}
+        self._map: Configuration | None = None
+        self._map_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AsyncClient:
@@ -140,7 +165,7 @@ class AsyncClient:
         key = _check_key(key)
         rec = self._invoke("get", key, None)
         try:
-            a = await self._call("GET", "/v1/kv/", key, None, write=None)
+            a = await self._call("GET", _kv_path("/v1/kv/", key), key, None, write=None)
         except errors.KvraftError as e:
             self._complete(rec, "fail" if not isinstance(e, errors.OutcomeUnknown) else "unknown")
             raise
@@ -161,6 +186,44 @@ class AsyncClient:
         a = await self._write("delete", "DELETE", "/v1/kv/", _check_key(key), None)
         return bool(a.body.get("deleted"))
 
+    async def scan(self, start: str = "", end: str | None = None, limit: int = 1000
+                   ) -> list[tuple[str, str]]:
+        """Up to ``limit`` (key, value) pairs with ``start <= key < end``, in key order.
+
+        Each range's part is read linearizably from the group that owns it; the scan as a
+        whole is not one atomic snapshot across ranges.
+        """
+        if not isinstance(start, str) or (end is not None and not isinstance(end, str)):
+            raise errors.InvalidArgument("start and end must be strings")
+        if not isinstance(limit, int) or limit < 1:
+            raise errors.InvalidArgument("limit must be a positive integer")
+        out: list[tuple[str, str]] = []
+        cur = start
+        while len(out) < limit and (end is None or cur < end):
+            want = min(limit - len(out), 10_000)
+            q = {"start": cur, "limit": str(want)}
+            if end is not None:
+                q["end"] = end
+            path = "/v1/scan?" + urllib.parse.urlencode(q)
+            a = await self._call("GET", path, cur, None, write=None, scan=True)
+            items = [(str(k), str(v)) for k, v in a.body.get("items", [])]
+            out.extend(items)
+            range_end = a.body.get("range_end")
+            if len(items) >= want:
+                cur = items[-1][0] + "\x00"  # the next key after the last one returned
+            elif range_end is None:
+                break
+            else:
+                cur = str(range_end)  # rule 9: go on from the range's end
+        return out[:limit]
+
+    async def shard_map(self, fresh: bool = False) -> Configuration:
+        """The configuration the client routes by (``fresh``: ask the controller now)."""
+        if fresh or self._map is None:
+            await self._refresh_map(0)
+        assert self._map is not None
+        return self._map
+
     async def status(self, address: str | None = None) -> dict[str, Any]:
         """The status document of one node (default: the first address)."""
         addr = _norm_addr(address) if address else self.addresses[0]
@@ -175,16 +238,71 @@ class AsyncClient:
 
     # --- machinery ---------------------------------------------------------------------
 
+    # --- routing ---------------------------------------------------------------------
+
+    async def _refresh_map(self, seen: int) -> None:
+        """Fetch the newest configuration (from any node) unless one newer than ``seen``
+        arrived meanwhile."""
+        async with self._map_lock:
+            if self._map is not None and self._map.num > seen:
+                return
+            addrs = list(self.addresses)
+            if self._map is not None:
+                addrs += [a for g in self._map.group_ids()
+                          for a in self._map.members(g).values() if a not in addrs]
+            last = ""
+            for i in range(len(addrs)):
+                addr = addrs[(next(self._rr) + i) % len(addrs)]
+                try:
+                    async with self._session().get(
+                            f"http://{addr}/v1/shards?fresh=1",
+                            timeout=aiohttp.ClientTimeout(total=self.attempt_timeout_s)) as r:
+                        doc = await r.json()
+                    cfg = Configuration.from_dict(doc["config"])
+                except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError,
+                        TypeError) as e:
+                    last = f"{addr}: {type(e).__name__} {e}"
+                    continue
+                if self._map is None or cfg.num >= self._map.num:
+                    self._map = cfg
+                return
+            raise errors.Unavailable(f"no node answered for the shard map ({last})")
+
+    async def _route(self, key: str) -> tuple[int, list[str], int]:
+        """(group, its members' addresses, configuration number) for ``key``."""
+        if self._map is None:
+            await self._refresh_map(-1)
+        assert self._map is not None
+        cfg = self._map
+        gid = cfg.range_for(key).gid
+        members = [a for _, a in sorted(cfg.members(gid).items())]
+        return gid, members, cfg.num
+
+    def _session_for(self, gid: int) -> _Session:
+        s = self._sessions.get(gid)
+        if s is None:
+            s = self._sessions[gid] = _Session(f"{self._client_id}.{gid}")
+        return s
+
+    # --- machinery ---------------------------------------------------------------------
+
     async def _write(self, op: str, method: str, path: str, key: str,
                      value: str | None) -> _Attempt:
         rec = self._invoke(op, key, value)
+        try:
+            gid = (await self._route(key))[0]
+        except errors.KvraftError:
+            self._complete(rec, "fail")
+            raise
         for fresh in (False, True):
             if fresh:  # the server forgot our session before this write reached it
-                self._session_obj = _Session(uuid.uuid4().hex)
-            sess = self._session_obj
+                self._client_id = uuid.uuid4().hex
+                self._sessions.clear()
+            sess = self._session_for(gid)
             seq = sess.begin()
             try:
-                a = await self._call(method, path, key, value, write=(sess, seq))
+                a = await self._call(method, _kv_path(path, key), key, value,
+                                     write=(sess, seq))
             except _SessionLost as e:
                 if fresh:
                     self._complete(rec, "fail")
@@ -203,7 +321,7 @@ class AsyncClient:
         raise AssertionError("unreachable")
 
     async def _call(self, method: str, path: str, key: str, value: str | None,
-                    write: tuple[_Session, int] | None) -> _Attempt:
+                    write: tuple[_Session, int] | None, scan: bool = False) -> _Attempt:
         deadline = time.monotonic() + self.timeout_s
         maybe_applied = False
         last_error = "no node answered"
@@ -212,32 +330,54 @@ class AsyncClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            addr = self._leader or self.addresses[next(self._rr)]
+            try:
+                gid, members, num = await self._route(key)
+            except errors.Unavailable as e:
+                last_error = str(e)
+                members, gid, num = [], 0, 0
+            if not members:  # nothing serves the key yet: the map may be stale
+                await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 0.2)
+                with _suppress_unavailable():
+                    await self._refresh_map(num)
+                continue
+            addr = self._leaders.get(gid) or members[next(self._rr) % len(members)]
             headers: dict[str, str] = {
                 "X-Kvraft-Timeout-Ms": str(max(1, int(min(remaining, self.attempt_timeout_s)
-                                                       * 1000)))}
+                                                       * 1000))),
+                "X-Kvraft-Config": str(num)}
             if write is not None:
                 sess, seq = write
                 headers.update({"X-Kvraft-Client": sess.client_id, "X-Kvraft-Seq": str(seq),
                                 "X-Kvraft-Ack": str(min(sess.ack_below(), seq))})
             try:
-                a = await self._attempt(addr, method, path, key, value, headers,
+                a = await self._attempt(addr, method, path, value, headers,
                                         min(remaining, self.attempt_timeout_s) + 0.5)
             except (aiohttp.ClientConnectorError, ConnectionRefusedError) as e:
                 last_error = f"{addr}: {e}"
-                self._leader = None
+                self._leaders.pop(gid, None)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 maybe_applied = maybe_applied or write is not None
                 last_error = f"{addr}: {type(e).__name__} {e}"
-                self._leader = None
+                self._leaders.pop(gid, None)
             else:
-                if a.status < 300 or (a.status == 404 and write is None):
-                    self._leader = addr
+                if a.status < 300 or (a.status == 404 and write is None and not scan):
+                    self._leaders[gid] = addr
                     return a
                 code = a.body.get("error", "")
                 if a.status == 307 and a.leader:
-                    self._leader = _norm_addr(a.leader)
+                    self._leaders[gid] = _norm_addr(a.leader)
                     last_error = f"{addr} redirected to leader {a.leader}"
+                    continue
+                if code == "wrong_group":
+                    # Rule 3: a group behind our map is lagging (retry it); otherwise our
+                    # map is stale (refresh it).
+                    last_error = f"{addr}: wrong_group at configuration {a.body.get('num')}"
+                    if int(a.body.get("num", 0)) >= num:
+                        with _suppress_unavailable():
+                            await self._refresh_map(num)
+                    await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                    backoff = min(backoff * 2, 0.2)
                     continue
                 if a.status in (400, 413):
                     cls = errors.TooLarge if a.status == 413 else errors.InvalidArgument
@@ -250,7 +390,7 @@ class AsyncClient:
                         "no_leader", "unavailable")):
                     maybe_applied = maybe_applied or write is not None
                 last_error = f"{addr}: {a.status} {code} {a.body.get('message', '')}".strip()
-                self._leader = None
+                self._leaders.pop(gid, None)
             await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, 0.2)
         if maybe_applied:
@@ -258,9 +398,9 @@ class AsyncClient:
                                         f"(last: {last_error})")
         raise errors.Unavailable(f"no answer within {self.timeout_s:.1f}s (last: {last_error})")
 
-    async def _attempt(self, addr: str, method: str, path: str, key: str, value: str | None,
+    async def _attempt(self, addr: str, method: str, path: str, value: str | None,
                        headers: dict[str, str], timeout_s: float) -> _Attempt:
-        url = yarl.URL(f"http://{addr}{path}{urllib.parse.quote(key, safe='')}", encoded=True)
+        url = yarl.URL(f"http://{addr}{path}", encoded=True)
         data = value.encode("utf-8") if value is not None else None
         if data is not None:
             headers["Content-Type"] = "text/plain; charset=utf-8"
@@ -319,6 +459,13 @@ class Client:
 
     def delete(self, key: str) -> bool:
         return self._run(self._async.delete(key))
+
+    def scan(self, start: str = "", end: str | None = None, limit: int = 1000
+             ) -> list[tuple[str, str]]:
+        return self._run(self._async.scan(start, end, limit))
+
+    def shard_map(self, fresh: bool = False) -> Configuration:
+        return self._run(self._async.shard_map(fresh))
 
     def status(self, address: str | None = None) -> dict[str, Any]:
         return self._run(self._async.status(address))

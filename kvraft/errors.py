@@ -45,6 +45,26 @@ class NotLeader(Unavailable):
         self.leader = leader
 
 
+class WrongGroup(Unavailable):
+    """The key's range is not served by the group that was asked (SHARDING.md rule 2).
+
+    ``num`` is the configuration number of the group that refused; ``gid`` the group
+    that owns the key by the newest configuration the node knows, and ``redirect`` the
+    address of a member of that group when it is not on the contacted node.
+    """
+
+    def __init__(self, message: str, *, num: int, gid: int = 0,
+                 redirect: str | None = None) -> None:
+        super().__init__(message)
+        self.num = num
+        self.gid = gid
+        self.redirect = redirect
+
+
+class NotReady(Unavailable):
+    """The node cannot answer yet (for example a range not frozen here yet); retry."""
+
+
 class SessionExpired(OutcomeUnknown):
     """The server no longer remembers this client's session."""
 
@@ -61,6 +81,8 @@ __all__ = [
     "OutcomeUnknown",
     "ServerError",
     "SessionExpired",
+    "NotReady",
     "TooLarge",
     "Unavailable",
+    "WrongGroup",
 ]

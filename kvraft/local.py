@@ -1,8 +1,12 @@
 """``kvraft up``: a whole local cluster on 127.0.0.1, one OS process per node.
 
-The cluster's shape (ids, ports, secret) is written to ``<data-dir>/cluster.json`` on
-first start; running ``up`` again on the same directory restarts the same cluster with
-its data.
+Every node hosts the shard controller (group 0) and the data groups 1..``--groups``
+(multi-raft in one process per node). On first start the controller is given its first
+configuration: the data groups joined and the key space split evenly between them.
+
+The cluster's shape (ids, ports, secret, groups) is written to
+``<data-dir>/cluster.json`` on first start; running ``up`` again on the same directory
+restarts the same cluster with its data.
 """
 
 from __future__ import annotations
@@ -19,17 +23,21 @@ from typing import Any
 
 import click
 
+from kvraft.bootstrap import BootstrapError, bootstrap, wait_groups_at
 
-def cluster_layout(data_dir: Path, nodes: int, base_port: int, host: str = "127.0.0.1"
-                   ) -> dict[str, Any]:
+
+def cluster_layout(data_dir: Path, nodes: int, base_port: int, host: str = "127.0.0.1",
+                   groups: int = 2) -> dict[str, Any]:
     """Load the cluster layout from ``data_dir`` or create it (with a fresh secret)."""
     path = data_dir / "cluster.json"
     if path.exists():
         layout: dict[str, Any] = json.loads(path.read_text())
+        layout.setdefault("groups", [0, 1])
         return layout
     data_dir.mkdir(parents=True, exist_ok=True)
     layout = {"secret": secrets.token_hex(16),
-              "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)}}
+              "nodes": {str(i): f"{host}:{base_port + i - 1}" for i in range(1, nodes + 1)},
+              "groups": list(range(groups + 1))}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(layout, indent=2))
     os.chmod(tmp, 0o600)
@@ -43,6 +51,8 @@ def serve_argv(layout: dict[str, Any], node_id: str, data_dir: Path,
             "--listen", layout["nodes"][node_id], "--data-dir", str(data_dir / f"node-{node_id}")]
     for peer, addr in layout["nodes"].items():
         argv += ["--peer", f"{peer}={addr}"]
+    for g in layout["groups"]:
+        argv += ["--group", str(g)]
     return argv + (extra or [])
 
 
@@ -64,13 +74,15 @@ def _wait_for_leader(addrs: list[str], timeout_s: float) -> str | None:
 
 @click.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--groups", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Data groups (each on every node) on first start.")
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=7001, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default="./kvraft-data",
               show_default=True)
-def up(nodes: int, base_port: int, data_dir: str) -> None:
+def up(nodes: int, groups: int, base_port: int, data_dir: str) -> None:
     """Start a local cluster on 127.0.0.1 and stay in the foreground until Ctrl-C."""
     root = Path(data_dir).resolve()
-    layout = cluster_layout(root, nodes, base_port)
+    layout = cluster_layout(root, nodes, base_port, groups=groups)
     env = dict(os.environ, KVRAFT_SECRET=layout["secret"], PYTHONUNBUFFERED="1")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = []
@@ -90,12 +102,22 @@ def up(nodes: int, base_port: int, data_dir: str) -> None:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     leader = _wait_for_leader(addrs, 15.0)
+    data_groups = [g for g in layout["groups"] if g != 0]
+    members = {int(n): a for n, a in layout["nodes"].items()}
+    try:
+        num = bootstrap(addrs, layout["secret"], {g: members for g in data_groups})
+        wait_groups_at(addrs, data_groups, num, 30.0)
+        shards = f"configuration {num}: data groups {data_groups}"
+    except BootstrapError as e:
+        shards = f"not ready yet ({e})"
     click.echo(f"kvraft cluster of {len(addrs)} nodes, data in {root}")
+    click.echo(f"shards: {shards}; the controller is group 0")
     for n in sorted(layout["nodes"], key=int):
         click.echo(f"  node {n}: http://{layout['nodes'][n]}  (log: {root}/node-{n}.log)")
     click.echo(f"leader: {leader or 'not yet elected'}")
     click.echo(f"try:  kvraft put hello world --addr {','.join(addrs)}")
     click.echo(f"      curl -L http://{addrs[0]}/v1/kv/hello")
+    click.echo("      shardctl show")
     click.echo("Ctrl-C stops the cluster.")
     reported: set[str] = set()
     while not stopping:

@@ -66,8 +66,16 @@ def test_up_ops_status_bench_and_restart(tmp_path: Path) -> None:
         st = _kvraft("status", "--addr", addrs)
         assert st.returncode == 0 and "leader is node" in st.stdout, st.stdout
         docs = json.loads(_kvraft("status", "--json", "--addr", addrs).stdout)
-        assert sum(g["role"] == "leader" for d in docs.values()
-                   for g in d["groups"].values()) == 1
+        leaders: dict[str, int] = {}
+        for d in docs.values():
+            for gid, g in d["groups"].items():
+                leaders[gid] = leaders.get(gid, 0) + (g["role"] == "leader")
+        # the controller and the two data groups of the embedded default, one leader each
+        assert leaders == {"0": 1, "1": 1, "2": 1}, leaders
+        shards = {gid: g["shards"] for d in docs.values() for gid, g in d["groups"].items()
+                  if g["role"] == "leader" and gid != "0"}
+        assert all(len(v["ranges"]) == 1 and v["ranges"][0]["state"] == "serving"
+                   for v in shards.values()), shards
         b = _kvraft("bench", "--addr", addrs, "--n", "200", "-c", "4", "--reads", "0.5",
                     "--keys", "50", "--json")
         row = json.loads(b.stdout.strip().splitlines()[-1])

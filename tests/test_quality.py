@@ -20,5 +20,5 @@ def test_ruff_clean() -> None:
 
 
 def test_mypy_strict_pure_core() -> None:
-    r = _run("mypy", "--strict", "kvraft/raft", "kvraft/kv", "kvraft/check")
+    r = _run("mypy", "--strict", "kvraft/raft", "kvraft/kv", "kvraft/ctrler", "kvraft/check")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -116,7 +116,7 @@ def test_restart_after_crash_between_log_and_state_install(tmp_path: Path) -> No
     raft.compact(SnapshotMeta(50, 2, conf), (50, 2), discard_log=True)
     loaded = raft.load()
     assert loaded.entries == [] and loaded.log_start == (50, 2)
-    state = recover_state(gdir, loaded, old, max_sessions=100)
+    state = recover_state(gdir, loaded, old, lambda p: StateStore(p, max_sessions=100))
     assert state.applied() == (50, 2)
     assert state.read("k42") == "v42"
     state.close()

@@ -1,7 +1,8 @@
 """Commands of the key-value state machine and their binary encoding.
 
 A command travels in a Raft entry's ``data`` as msgpack:
-``[version, op, key, value, client_id, seq, ack_below]``. ``client_id`` may be empty
+``[version, op, key, value, client_id, seq, ack_below, num]`` (``num``: the configuration
+number the client routed by; version 1 had no ``num``). ``client_id`` may be empty
 (no session: the command is applied every time it is committed). With a session, the
 client promises it has received the answers of all its commands with ``seq < ack_below``,
 so the state machine may forget their results.
@@ -15,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class Op(IntEnum):
@@ -36,11 +37,12 @@ class Command:
     client_id: str = ""
     seq: int = 0
     ack_below: int = 0
+    num: int = 0
 
     def encode(self) -> bytes:
         out = msgpack.packb(
             [FORMAT_VERSION, int(self.op), self.key, self.value, self.client_id, self.seq,
-             self.ack_below],
+             self.ack_below, self.num],
             use_bin_type=True,
         )
         assert isinstance(out, bytes)
@@ -50,15 +52,28 @@ class Command:
     def decode(data: bytes) -> Command:
         try:
             raw: Any = msgpack.unpackb(data, raw=False)
-            version, op, key, value, client_id, seq, ack_below = raw
         except (ValueError, TypeError, msgpack.UnpackException) as e:
             raise CommandDecodeError(f"malformed command: {e}") from e
-        if version != FORMAT_VERSION:
+        return Command.from_raw(raw)
+
+    @staticmethod
+    def from_raw(raw: Any) -> Command:
+        """A command from its unpacked msgpack form; raises CommandDecodeError."""
+        try:
+            if isinstance(raw, list) and raw and raw[0] == 1:
+                version, op, key, value, client_id, seq, ack_below = raw
+                num = 0
+            else:
+                version, op, key, value, client_id, seq, ack_below, num = raw
+        except (ValueError, TypeError) as e:
+            raise CommandDecodeError(f"malformed command: {e}") from e
+        if version not in (1, FORMAT_VERSION):
             raise CommandDecodeError(f"unknown command format version {version!r}")
         if not (isinstance(key, str) and isinstance(value, str) and isinstance(client_id, str)
-                and isinstance(seq, int) and isinstance(ack_below, int)):
+                and isinstance(seq, int) and isinstance(ack_below, int)
+                and isinstance(num, int)):
             raise CommandDecodeError("malformed command fields")
         try:
-            return Command(Op(op), key, value, client_id, seq, ack_below)
+            return Command(Op(op), key, value, client_id, seq, ack_below, num)
         except ValueError as e:
             raise CommandDecodeError(f"unknown op {op!r}") from e

@@ -1,14 +1,22 @@
 """Node assembly: one OS process, one aiohttp server, one or more replicas.
 
 A node hosts replicas keyed by group id (multi-raft): peer traffic is routed to the
-replica of the frame's group, and client requests to the replica that owns the key.
-Until sharding lands, every node hosts group 1 with all peers as members.
+replica of the frame's group, and client requests to the replica of the group that
+owns the key by the newest configuration the node knows. Group 0 is the shard
+controller; every other group is a data group. Each listed group has this node and
+its ``--peer``s as members (every member passes the same peers and groups).
+
+A request for a key owned by a group this node does not host is redirected (307) to
+a member of that group; a hosted group that refuses the key at apply time
+(``wrong_group``) makes the node refresh its view of the controller and redirect if
+the key moved elsewhere.
 
 Data directory layout::
 
     <data-dir>/LOCK                 flock'ed while the node runs
     <data-dir>/group-<gid>/raft.db  the Raft log and hard state
-    <data-dir>/group-<gid>/state.db the key-value data, sessions, applied index
+    <data-dir>/group-<gid>/state.db the group's state machine (key-value data and
+                                    sessions, or the controller's configurations)
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,20 +35,27 @@ from aiohttp import web
 
 from kvraft import errors
 from kvraft.kv.commands import Command
-from kvraft.kv.machine import Result
+from kvraft.kv.machine import Result, Status
 from kvraft.raft import ConfState, Message, Role
 from kvraft.runtime.backup import BackupManager, BackupSettings, NotLeaderForBackup
 from kvraft.runtime.metrics import Metrics
+from kvraft.runtime.migration import ConfigSource, ShardDriver, ShardSettings
+from kvraft.runtime.peers import GroupCaller
 from kvraft.runtime.replica import Replica, ReplicaSettings
+from kvraft.runtime.shard_service import ShardServiceMixin
+from kvraft.storage.ctrlstate import ControllerStore
+from kvraft.storage.ports import MachineStore
 from kvraft.storage.snapshots import LocalSnapshot
+from kvraft.storage.statedb import NotOwned, StateStore
 from kvraft.transport.admin import AdminAPI
 from kvraft.transport.http_api import ClientAPI, Limits
 from kvraft.transport.peer import PeerTransport
+from kvraft.transport.shard_api import ShardAPI
 from kvraft.transport.snapshot_stream import IncomingSnapshot, SnapshotReceiver, send_snapshot
 
 log = logging.getLogger("kvraft.node")
 
-DATA_GROUP = 1
+CONTROLLER = 0
 
 
 class LoopLagMonitor:
@@ -68,13 +84,30 @@ class NodeConfig:
     """Every member of the group, this node included: node id -> host:port."""
     data_dir: Path
     secret: str
+    groups: tuple[int, ...] = ()
+    """Groups this node is a bootstrap member of; 0 is the controller."""
+    controller: tuple[str, ...] = ()
+    """Addresses of controller members (needed when group 0 is not hosted here)."""
     replica: ReplicaSettings = field(default_factory=ReplicaSettings)
     limits: Limits = field(default_factory=Limits)
     backup: BackupSettings = field(default_factory=BackupSettings)
+    shard: ShardSettings = field(default_factory=ShardSettings)
+    max_sessions: int = 100_000
+    """Client sessions remembered per data group (least recently used evicted)."""
+    history_keep: int = 1000
+    """Configurations the controller keeps (query(n) answers for these)."""
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
             raise ValueError("--id must be a positive integer")
+        if not self.groups:
+            raise ValueError("--group is required: the groups this node is a member of "
+                             "(0 is the shard controller), e.g. --group 0 --group 1")
+        if len(set(self.groups)) != len(self.groups) or any(g < 0 for g in self.groups):
+            raise ValueError("--group values must be distinct non-negative integers")
+        if CONTROLLER not in self.groups and not self.controller:
+            raise ValueError("a node that does not host group 0 needs --controller "
+                             "HOST:PORT,... (the controller's members)")
         if self.node_id not in self.peers:
             self.peers[self.node_id] = self.listen
         if not self.secret:
@@ -82,6 +115,13 @@ class NodeConfig:
         _split_hostport(self.listen)
         for addr in self.peers.values():
             _split_hostport(addr)
+        for addr in self.controller:
+            _split_hostport(addr)
+
+    def controller_addrs(self) -> list[str]:
+        if CONTROLLER in self.groups:
+            return [a for _, a in sorted(self.peers.items())]
+        return list(self.controller)
 
 
 def _split_hostport(addr: str) -> tuple[str, int]:
@@ -91,10 +131,13 @@ def _split_hostport(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class Node:
+class Node(ShardServiceMixin):
     def __init__(self, config: NodeConfig) -> None:
         self.cfg = config
         self.replicas: dict[int, Replica] = {}
+        self.caller = GroupCaller(config.secret)
+        self.configs = ConfigSource(self.caller, config.controller_addrs)
+        self.drivers: dict[int, ShardDriver] = {}
         self.transport: PeerTransport | None = None
         self._runner: web.AppRunner | None = None
         self._lock_fd: int | None = None
@@ -115,17 +158,23 @@ class Node:
                                        deliver=self._deliver, unreachable=self._unreachable)
         await self.transport.start()
         conf = ConfState(frozenset(cfg.peers))
-        replica = Replica(node_id=cfg.node_id, group_id=DATA_GROUP, conf=conf,
-                          data_dir=cfg.data_dir / f"group-{DATA_GROUP}",
-                          send=self.transport.send, settings=cfg.replica,
-                          address_of=cfg.peers.get, stream_snapshot=self._stream_snapshot)
-        await replica.start()
-        self.replicas[DATA_GROUP] = replica
+        for gid in cfg.groups:
+            replica = Replica(node_id=cfg.node_id, group_id=gid, conf=conf,
+                              data_dir=cfg.data_dir / f"group-{gid}",
+                              send=self.transport.send, settings=cfg.replica,
+                              address_of=cfg.peers.get, open_store=self._opener(gid),
+                              stream_snapshot=self._stream_snapshot)
+            await replica.start()
+            self.replicas[gid] = replica
+            if gid != CONTROLLER:
+                self.drivers[gid] = ShardDriver(replica, self.configs, self.caller, cfg.shard)
         for peer, addr in cfg.peers.items():
             if peer != cfg.node_id:
                 self.transport.set_peer(peer, addr)
         app = web.Application(client_max_size=cfg.limits.max_value_bytes * 2 + 65536)
         ClientAPI(self, cfg.limits, observe=self.metrics.observe).add_routes(app)
+        ShardAPI(self, cfg.secret, request_timeout_s=cfg.limits.request_timeout_s
+                 ).add_routes(app)
         app.router.add_get("/metrics", self.metrics.handle)
         AdminAPI(self.transport).add_routes(app)
         app.router.add_post("/v1/admin/backup", self._handle_backup)
@@ -138,9 +187,23 @@ class Node:
         await site.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.loop_lag.run()))
+        self._tasks.append(loop.create_task(self._poll_controller()))
+        for d in self.drivers.values():
+            self._tasks.append(loop.create_task(d.run()))
         if self.backups is not None:
             self._tasks.append(loop.create_task(self.backups.run(self.replicas)))
         log.info("node %d serving on http://%s (data %s)", cfg.node_id, cfg.listen, cfg.data_dir)
+
+    def _opener(self, gid: int) -> Callable[[Path], MachineStore]:
+        if gid == CONTROLLER:
+            return lambda p: ControllerStore(p, history_keep=self.cfg.history_keep)
+        return lambda p: StateStore(p, gid=gid, max_sessions=self.cfg.max_sessions)
+
+    async def _poll_controller(self) -> None:
+        """Keep the routing view of the configuration fresh (a hint; groups poll too)."""
+        while True:
+            await self.configs.refresh()
+            await asyncio.sleep(max(0.2, self.cfg.shard.poll_interval_s * 5))
 
     def _lock(self) -> None:
         path = self.cfg.data_dir / "LOCK"
@@ -167,6 +230,9 @@ class Node:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        for d in self.drivers.values():
+            await d.close()
+        await self.caller.close()
         if self.backups is not None:
             self.backups.close()
         if self._runner is not None:
@@ -226,7 +292,7 @@ class Node:
             return web.json_response({"error": "not_configured", "message":
                                       "S3 backups are not configured (--s3-bucket)"}, status=400)
         try:
-            replica = self.replicas[int(request.query.get("group", DATA_GROUP))]
+            replica = self.replicas[int(request.query.get("group", min(self.replicas)))]
         except (KeyError, ValueError):
             return web.json_response({"error": "bad_request", "message": "unknown group"},
                                      status=400)
@@ -244,16 +310,60 @@ class Node:
 
     # --- KVService ---------------------------------------------------------------------
 
-    def _replica_for(self, key: str) -> Replica:
-        return self.replicas[DATA_GROUP]
+    def _route(self, key: str, num: int) -> Replica:
+        """The hosted replica of the group owning ``key``; redirects to another group."""
+        if num > self.configs.latest.num:
+            self._hint_newer()
+        cfg = self.configs.latest
+        gid = cfg.range_for(key).gid
+        r = self.replicas.get(gid)
+        if r is not None:
+            return r
+        members = cfg.members(gid)
+        if not members:
+            raise errors.WrongGroup(f"no group serves {key!r} yet (configuration {cfg.num})",
+                                    num=cfg.num)
+        raise errors.WrongGroup(f"group {gid} owns {key!r}; it is not on this node",
+                                num=cfg.num, gid=gid, redirect=members[min(members)])
 
-    async def get(self, key: str, *, timeout_s: float) -> str | None:
-        r = self._replica_for(key)
+    def _hint_newer(self) -> None:
+        for d in self.drivers.values():
+            d.wake()
+
+    async def _wrong_group(self, key: str, group_num: int, gid: int) -> errors.WrongGroup:
+        """After a hosted group refused ``key``: look for a newer owner to redirect to."""
+        for d in self.drivers.values():
+            d.wake()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.configs.refresh(), 1.0)
+        cfg = self.configs.latest
+        owner = cfg.range_for(key).gid
+        members = cfg.members(owner)
+        redirect = members[min(members)] if owner not in self.replicas and members else None
+        return errors.WrongGroup(
+            f"group {gid} does not serve {key!r} at configuration {group_num} "
+            f"(newest known: {cfg.num}, owner group {owner})",
+            num=group_num, gid=owner, redirect=redirect)
+
+    def _kv_store(self, r: Replica) -> StateStore:
+        st = r.state
+        assert isinstance(st, StateStore)
+        return st
+
+    async def get(self, key: str, *, timeout_s: float, num: int = 0) -> str | None:
+        r = self._route(key, num)
         await r.read_barrier(timeout_s=timeout_s)
-        return r.read_local(key)
+        try:
+            return self._kv_store(r).read_owned(key)
+        except NotOwned as e:
+            raise await self._wrong_group(key, e.num, r.group_id) from None
 
     async def write(self, cmd: Command, *, timeout_s: float) -> Result:
-        return await self._replica_for(cmd.key).propose(cmd.encode(), timeout_s=timeout_s)
+        r = self._route(cmd.key, cmd.num)
+        res: Result = await r.propose(cmd.encode(), timeout_s=timeout_s)
+        if res.status == Status.WRONG_GROUP:
+            raise await self._wrong_group(cmd.key, res.num, r.group_id)
+        return res
 
     def status(self) -> dict[str, Any]:
         t = self.transport
@@ -262,7 +372,8 @@ class Node:
             "address": self.cfg.listen,
             "loop_lag_max_ms": round(self.loop_lag.max_s * 1000, 2),
             "backup": self.backups.status() if self.backups else {"enabled": False},
-            "groups": {str(g): r.status() for g, r in self.replicas.items()},
+            "groups": {str(g): self._group_status(g, r) for g, r in self.replicas.items()},
+            "config": self.configs.latest.num,
             "transport": None if t is None else {
                 "peers": {str(p): {"address": link.addr, "connected": link.connected}
                           for p, link in t.links.items()},

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kvraft import errors
-from kvraft.kv.machine import Result
 from kvraft.raft import (
     NONE,
     Config,
@@ -58,9 +57,9 @@ from kvraft.runtime.snapshotter import (
     StreamSnapshot,
     recover_state,
 )
+from kvraft.storage.ports import MachineStore, OpenStore
 from kvraft.storage.raftlog import RaftLogStore
 from kvraft.storage.snapshots import LocalSnapshot
-from kvraft.storage.statedb import StateStore
 from kvraft.transport.snapshot_stream import IncomingSnapshot
 
 log = logging.getLogger("kvraft.replica")
@@ -90,7 +89,6 @@ class ReplicaSettings:
     heartbeat_ticks: int = 2
     max_msg_bytes: int = 1 << 20
     max_inflight_msgs: int = 256
-    max_sessions: int = 100_000
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
     inline_apply_max_entries: int = 8
     checkpoint_entries: int = 500
@@ -98,10 +96,18 @@ class ReplicaSettings:
 
 
 class Replica:
+    """Runs one Raft group's replica and the state machine behind ``open_store``.
+
+    The replica knows nothing of what the machine does: it applies committed entries
+    through :class:`~kvraft.storage.ports.MachineStore` and answers each proposal with
+    the machine's result for its entry. The data groups and the controller share it.
+    """
+
     def __init__(self, *, node_id: int, group_id: int, conf: ConfState, data_dir: Path,
                  send: Callable[[int, list[Message]], None], settings: ReplicaSettings,
-                 address_of: Callable[[int], str | None],
+                 address_of: Callable[[int], str | None], open_store: OpenStore,
                  stream_snapshot: StreamSnapshot | None = None) -> None:
+        self.open_store = open_store
         self.node_id = node_id
         self.group_id = group_id
         self.initial_conf = conf
@@ -111,7 +117,7 @@ class Replica:
         self.address_of = address_of
         self.core: RaftCore | None = None
         self._wake = asyncio.Event()
-        self._proposals: dict[int, tuple[int, asyncio.Future[Result]]] = {}
+        self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._reads: dict[int, asyncio.Future[None]] = {}
         self._parked_reads: list[tuple[int, int]] = []
         self._read_ctx = 0
@@ -137,7 +143,7 @@ class Replica:
         self.raftlog, self.state = await loop.run_in_executor(self.log_io, self._open)
         loaded = await loop.run_in_executor(self.log_io, self.raftlog.load)
         self.state = await loop.run_in_executor(self._sm_io, recover_state, self.dir, loaded,
-                                                self.state, self.settings.max_sessions)
+                                                self.state, self.open_store)
         applied, _ = self.state.applied()
         conf = loaded.conf or self.state.conf() or self.initial_conf
         if loaded.conf is None:
@@ -164,9 +170,9 @@ class Replica:
                  self.group_id, self.node_id, loaded.hard_state.term,
                  self.core.log.first_index(), last, applied)
 
-    def _open(self) -> tuple[RaftLogStore, StateStore]:
+    def _open(self) -> tuple[RaftLogStore, MachineStore]:
         return (RaftLogStore(self.dir / "raft.db", node_id=self.node_id, group_id=self.group_id),
-                StateStore(self.dir / "state.db", max_sessions=self.settings.max_sessions))
+                self.open_store(self.dir / "state.db"))
 
     async def hand_off_leadership(self, timeout_s: float = 2.0) -> bool:
         """If leading, transfer leadership to the most caught-up voter and wait for it.
@@ -270,7 +276,7 @@ class Replica:
         return errors.NotLeader(f"node {self.node_id} is not the leader of group "
                                 f"{self.group_id}", addr)
 
-    async def propose(self, data: bytes, *, timeout_s: float) -> Result:
+    async def propose(self, data: bytes, *, timeout_s: float) -> Any:
         """Replicate and apply ``data``; raises NotLeader, OutcomeUnknown or Unavailable."""
         core = self._ready_core()
         try:
@@ -279,7 +285,7 @@ class Replica:
             raise self._not_leader(e.leader) from None
         except ProposalDropped as e:
             raise errors.Unavailable(str(e)) from None
-        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._proposals[index] = (term, fut)
         self._wake.set()
         try:
@@ -305,9 +311,6 @@ class Replica:
         except TimeoutError:
             self._reads.pop(ctx, None)
             raise errors.Unavailable(f"read not confirmed within {timeout_s:.1f}s") from None
-
-    def read_local(self, key: str) -> str | None:
-        return self.state.read(key)
 
     def _ready_core(self) -> RaftCore:
         if self.core is None or self.failed.done():
@@ -411,7 +414,7 @@ class Replica:
                 self._applying = False
             self._applied(batch, results)
 
-    def _applied(self, batch: list[Entry], results: list[Result]) -> None:
+    def _applied(self, batch: list[Entry], results: list[Any]) -> None:
         self.applied_index = batch[-1].index
         self._complete_proposals(batch, results)
         self._release_reads(self.applied_index)
@@ -421,7 +424,7 @@ class Replica:
             self._since_checkpoint = 0
             self.snapshotter.checkpoint(self.raftlog, self.state)
 
-    def _complete_proposals(self, committed: list[Entry], results: list[Result]) -> None:
+    def _complete_proposals(self, committed: list[Entry], results: list[Any]) -> None:
         for e, res in zip(committed, results, strict=True):
             p = self._proposals.pop(e.index, None)
             if p is None:

@@ -25,18 +25,15 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from kvraft import errors
-from kvraft.raft import Message, SnapshotMeta
+from kvraft.raft import Message, RaftCore, SnapshotMeta
 from kvraft.storage import snapshots as snapfiles
-from kvraft.storage.raftlog import LoadedLog
+from kvraft.storage.ports import MachineStore, OpenStore
+from kvraft.storage.raftlog import LoadedLog, RaftLogStore
 from kvraft.storage.snapshots import LocalSnapshot
-from kvraft.storage.statedb import StateStore
 from kvraft.transport.snapshot_stream import IncomingSnapshot
-
-if TYPE_CHECKING:
-    from kvraft.runtime.replica import Replica
 
 log = logging.getLogger("kvraft.snapshot")
 
@@ -71,8 +68,25 @@ class InstallItem:
     done: asyncio.Future[None]
 
 
-def recover_state(group_dir: Path, loaded: LoadedLog, state: StateStore,
-                  max_sessions: int) -> StateStore:
+class SnapshotHost(Protocol):
+    """What the Snapshotter needs of the replica it serves (its ports, not the object)."""
+
+    dir: Path
+    group_id: int
+    core: RaftCore | None
+    state: MachineStore
+    raftlog: RaftLogStore
+    log_io: ThreadPoolExecutor
+    applied_index: int
+    open_store: OpenStore
+
+    def step(self, msgs: list[Message]) -> None: ...
+    def wake(self) -> None: ...
+    def enqueue_install(self, item: InstallItem) -> None: ...
+
+
+def recover_state(group_dir: Path, loaded: LoadedLog, state: MachineStore,
+                  open_store: OpenStore) -> MachineStore:
     """On start: if state.db is behind the log's first index, install the snapshot."""
     applied, _ = state.applied()
     if applied >= loaded.log_start[0]:
@@ -93,11 +107,11 @@ def recover_state(group_dir: Path, loaded: LoadedLog, state: StateStore,
     path = state.path
     state.close()
     snapfiles.install_state(local, path)
-    return StateStore(path, max_sessions=max_sessions)
+    return open_store(path)
 
 
 class Snapshotter:
-    def __init__(self, replica: Replica, settings: SnapshotSettings,
+    def __init__(self, replica: SnapshotHost, settings: SnapshotSettings,
                  stream: StreamSnapshot | None) -> None:
         self.r = replica
         self.settings = settings
@@ -178,7 +192,7 @@ class Snapshotter:
 
     # --- WAL checkpoints ---------------------------------------------------------------
 
-    def checkpoint(self, raftlog: Any, state: StateStore) -> None:
+    def checkpoint(self, raftlog: Any, state: MachineStore) -> None:
         """Checkpoint both databases' WALs on the snapshot thread (passive: never blocks
         writers), since automatic checkpoints are off on the writers' hot paths."""
         if self._checkpointing:
@@ -265,13 +279,13 @@ class Snapshotter:
             self.stats.installed += 1
             log.info("group %d: installed snapshot %d from the leader", r.group_id, meta.index)
 
-    def install_sync(self, item: InstallItem) -> StateStore:
+    def install_sync(self, item: InstallItem) -> MachineStore:
         """On the state thread: replace state.db by the snapshot; returns the new store."""
         r = self.r
         path = r.state.path
         r.state.close()
         snapfiles.install_state(item.snap, path)
-        return StateStore(path, max_sessions=r.settings.max_sessions)
+        return r.open_store(path)
 
     async def close(self) -> None:
         for t in list(self._tasks):

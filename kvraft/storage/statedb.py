@@ -9,18 +9,28 @@ the newest transactions, which the Raft log (``synchronous=FULL``) still holds.
 
 Writes happen on one worker thread; ``get`` may be called from another thread and
 uses its own read-only connection (WAL readers never block the writer).
+
+Ownership and data are read together: the shard state is saved in the same
+transaction as the data it describes, and :meth:`StateStore.read_owned`,
+:meth:`scan_owned` and the range exports read both inside one read transaction, so a
+reader never pairs an old ownership view with newer data or the other way round.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
-from kvraft.kv.machine import KVStateMachine, Result, Session, Status
+from kvraft.kv.machine import KVStateMachine, Result, Session, Status, export_session
+from kvraft.kv.shardcmd import SessionRecord
+from kvraft.kv.shards import Interval, ShardState
 from kvraft.raft.types import ConfState, Entry, EntryKind
 from kvraft.storage.raftlog import conf_from_json, conf_to_json
 from kvraft.storage.sqlite_util import checkpoint, open_wal, transaction
@@ -43,20 +53,50 @@ class CorruptState(Exception):
     """state.db is unreadable or from an unsupported format."""
 
 
-def _encode_results(results: dict[int, Result]) -> bytes:
-    out = msgpack.packb([[s, int(r.status), r.existed] for s, r in results.items()])
+def _encode_results(session: Session) -> bytes:
+    out = msgpack.packb([[s, int(r.status), r.existed, session.keys.get(s, "")]
+                         for s, r in session.results.items()])
     assert isinstance(out, bytes)
     return out
 
 
-def _decode_results(blob: bytes) -> dict[int, Result]:
-    return {s: Result(Status(st), bool(ex)) for s, st, ex in msgpack.unpackb(blob)}
+def _decode_session(ack: int, last: int, blob: bytes) -> Session:
+    s = Session(ack, last)
+    for row in msgpack.unpackb(blob):
+        seq, st, ex = row[0], row[1], row[2]
+        s.results[seq] = Result(Status(st), bool(ex))
+        if len(row) > 3:
+            s.keys[seq] = row[3]
+    return s
+
+
+class NotOwned(Exception):
+    """The key (or interval) is not served by this group in its current state."""
+
+    def __init__(self, num: int) -> None:
+        super().__init__(f"not served here (configuration {num})")
+        self.num = num
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChunk:
+    items: list[tuple[str, str]]
+    last: bool
+    """True if no keys follow in the interval."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChunk:
+    sessions: list[SessionRecord]
+    next_cursor: str | None
+    last: bool
 
 
 class StateStore:
     """SQLite-backed state machine storage; implements ``kvraft.kv.Backend``."""
 
-    def __init__(self, path: str | Path, *, max_sessions: int = 100_000) -> None:
+    def __init__(self, path: str | Path, *, gid: int | None = None,
+                 max_sessions: int = 100_000) -> None:
         self.path = Path(path)
         self.conn = c = open_wal(self.path, "NORMAL")
         try:
@@ -72,9 +112,12 @@ class StateStore:
         for cid, ack, last, blob in c.execute(
                 "SELECT client_id, ack_below, last_index, results FROM sessions "
                 "ORDER BY last_index, client_id"):
-            self._sessions[cid] = Session(ack, last, _decode_results(blob))
-        self.machine = KVStateMachine(self, max_sessions=max_sessions)
+            self._sessions[cid] = _decode_session(ack, last, blob)
+        self._shard_ver = int(meta.get("shard_ver", 0))
+        self.gid = gid
+        self.machine = KVStateMachine(self, gid=gid, max_sessions=max_sessions)
         self._reader: sqlite3.Connection | None = None
+        self._view: tuple[int, ShardState | None] = (-1, None)
 
     # --- meta --------------------------------------------------------------------
 
@@ -135,27 +178,187 @@ class StateStore:
         self.conn.execute(
             "INSERT OR REPLACE INTO sessions (client_id, ack_below, last_index, results) "
             "VALUES (?, ?, ?, ?)",
-            (client_id, session.ack_below, session.last_index, _encode_results(session.results)))
+            (client_id, session.ack_below, session.last_index, _encode_results(session)))
 
     def evict_sessions(self, keep: int) -> None:
         while len(self._sessions) > keep:
             cid, _ = self._sessions.popitem(last=False)
             self.conn.execute("DELETE FROM sessions WHERE client_id = ?", (cid,))
 
+    def delete_range(self, start: str, end: str | None, limit: int) -> int:
+        where, args = _range_sql(start, end)
+        if limit > 0:
+            return self.conn.execute(
+                f"DELETE FROM kv WHERE k IN (SELECT k FROM kv WHERE {where} ORDER BY k "
+                "LIMIT ?)", (*args, limit)).rowcount
+        return self.conn.execute(f"DELETE FROM kv WHERE {where}", args).rowcount
+
+    def shard_state(self) -> dict[str, object] | None:
+        m = self._meta()
+        return json.loads(m["shards"]) if "shards" in m else None
+
+    def save_shard_state(self, state: dict[str, object]) -> None:
+        self._shard_ver += 1
+        self._write_meta({"shards": json.dumps(state, separators=(",", ":")),
+                          "shard_ver": str(self._shard_ver)})
+
+    @property
+    def shards(self) -> ShardState | None:
+        """The state machine's shard state (the state thread's; read it only there)."""
+        return self.machine.shards
+
     # --- reads from other threads ---------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = self._reader
+        if conn is None:
+            conn = self._reader = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                check_same_thread=False)
+        return conn
 
     def read(self, key: str) -> str | None:
         """Read a key on the reader connection (sees every committed ``apply_batch``).
 
         Called from one thread only (the event loop), never concurrently.
         """
-        conn = self._reader
-        if conn is None:
-            conn = self._reader = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
-                check_same_thread=False)
-        row = conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        row = self._conn().execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def _shard_view(self, conn: sqlite3.Connection) -> ShardState | None:
+        """The committed shard state, inside the caller's read transaction."""
+        row = conn.execute("SELECT v FROM meta WHERE k = 'shard_ver'").fetchone()
+        ver = int(row[0]) if row else 0
+        if self._view[0] != ver:
+            r = conn.execute("SELECT v FROM meta WHERE k = 'shards'").fetchone()
+            if r is not None:
+                self._view = (ver, ShardState.from_dict(json.loads(r[0])))
+            else:
+                self._view = (ver, None if self.gid is None else ShardState(self.gid))
+        return self._view[1]
+
+    def view(self) -> ShardState | None:
+        """The committed shard state (None: not a sharded group)."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            return self._shard_view(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def read_owned(self, key: str) -> str | None:
+        """Read ``key`` if this group serves it; raises NotOwned otherwise."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            sh = self._shard_view(conn)
+            if sh is not None and sh.serving_range(key) is None:
+                raise NotOwned(sh.num)
+            row = conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        finally:
+            conn.execute("COMMIT")
+        return None if row is None else str(row[0])
+
+    def scan_owned(self, start: str, end: str | None, limit: int
+                   ) -> tuple[list[tuple[str, str]], str | None, int]:
+        """Keys in [start, end) within the served range holding ``start`` (rule 9).
+
+        Returns (items, the end of that range, configuration number); raises NotOwned.
+        """
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            sh = self._shard_view(conn)
+            range_end: str | None = None
+            num = 0
+            if sh is not None:
+                r = sh.serving_range(start)
+                if r is None:
+                    raise NotOwned(sh.num)
+                range_end, num = r.end, sh.num
+                if range_end is not None and (end is None or range_end < end):
+                    end = range_end
+            where, args = _range_sql(start, end)
+            rows = conn.execute(f"SELECT k, v FROM kv WHERE {where} ORDER BY k LIMIT ?",
+                                (*args, limit)).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        return [(str(k), str(v)) for k, v in rows], range_end, num
+
+    def range_stats(self) -> list[dict[str, Any]]:
+        """Keys and bytes of every range this group serves (for the rebalance planner)."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            sh = self._shard_view(conn)
+            out = []
+            for r in (sh.config.ranges if sh is not None else ()):
+                if r.gid != sh.gid:  # type: ignore[union-attr]
+                    continue
+                where, args = _range_sql(r.start, r.end)
+                n, b = conn.execute(f"SELECT count(*), coalesce(sum(length(k) + length(v)), 0) "
+                                    f"FROM kv WHERE {where}", args).fetchone()
+                out.append({"range": r.id, "keys": int(n), "bytes": int(b)})
+        finally:
+            conn.execute("COMMIT")
+        return out
+
+    # --- exports to the new owner of a range (any replica that froze it) ---------------
+
+    def _check_outgoing(self, conn: sqlite3.Connection, num: int, iv: Interval,
+                        to_gid: int) -> None:
+        sh = self._shard_view(conn)
+        if sh is None or sh.num < num:
+            raise NotOwned(-1 if sh is None else sh.num)
+        if sh.outgoing_for(num, iv, to_gid) is None:
+            raise LookupError(f"interval {iv} of configuration {num} is not held for "
+                              f"group {to_gid}")
+
+    def export_keys(self, num: int, iv: Interval, to_gid: int, after: str | None,
+                    max_bytes: int, max_keys: int = 10_000) -> KeyChunk:
+        """The next keys of a frozen outgoing interval after ``after``, bounded in bytes.
+
+        Raises NotOwned if this replica has not frozen it yet (retry later) and
+        LookupError if it does not hold it (never had it, or already deleted it).
+        """
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            self._check_outgoing(conn, num, iv, to_gid)
+            where, args = _range_sql(iv[0], iv[1], after)
+            cur = conn.execute(f"SELECT k, v FROM kv WHERE {where} ORDER BY k LIMIT ?",
+                               (*args, max_keys + 1))
+            items: list[tuple[str, str]] = []
+            size = 0
+            last = True
+            for k, v in cur:
+                if len(items) >= max_keys or (items and size + len(k) + len(v) > max_bytes):
+                    last = False
+                    break
+                items.append((str(k), str(v)))
+                size += len(k) + len(v)
+        finally:
+            conn.execute("COMMIT")
+        return KeyChunk(items, last)
+
+    def export_sessions(self, num: int, iv: Interval, to_gid: int, after: str | None,
+                        limit: int) -> SessionChunk:
+        """The next client sessions after client id ``after``, cut to ``iv``'s results."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            self._check_outgoing(conn, num, iv, to_gid)
+            rows = conn.execute(
+                "SELECT client_id, ack_below, last_index, results FROM sessions "
+                "WHERE client_id > ? ORDER BY client_id LIMIT ?",
+                (after or "", limit + 1)).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        last = len(rows) <= limit
+        rows = rows[:limit]
+        recs = [export_session(str(cid), _decode_session(ack, li, blob), iv)
+                for cid, ack, li, blob in rows]
+        return SessionChunk(recs, str(rows[-1][0]) if rows else after, last)
 
     def checkpoint(self) -> None:
         """Checkpoint the WAL (see :func:`kvraft.storage.sqlite_util.checkpoint`)."""
@@ -166,3 +369,16 @@ class StateStore:
             self._reader.close()
             self._reader = None
         self.conn.close()
+
+
+def _range_sql(start: str, end: str | None, after: str | None = None
+               ) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause for keys in [start, end) (and > after), binary collation."""
+    if after is not None:
+        where, args = "k > ?", [after]
+    else:
+        where, args = "k >= ?", [start]
+    if end is not None:
+        where += " AND k < ?"
+        args.append(end)
+    return where, tuple(args)

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from kvraft.bootstrap import bootstrap, wait_groups_at
 from kvraft.testing.moto import free_port
 
 
@@ -27,17 +28,33 @@ class ClusterError(RuntimeError):
 
 
 class LocalCluster:
+    """``nodes`` processes, each a member of every group in ``groups``.
+
+    By default the nodes host the controller (group 0) and one data group (1), and
+    :meth:`start` gives the controller its first configuration (the data groups joined,
+    the key space split between them). A cluster without group 0 is pointed at another
+    one's controller with ``controller`` and must share its ``secret``; its data groups
+    are joined by :meth:`join_groups` (the caller decides when).
+    """
+
     def __init__(self, root: str | Path, *, nodes: int = 3, tick_ms: int = 25,
                  election_ticks: int = 10, heartbeat_ticks: int = 2,
                  extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None,
-                 ports: dict[int, int] | None = None) -> None:
+                 ports: dict[int, int] | None = None,
+                 groups: tuple[int, ...] = (0, 1), first_id: int = 1,
+                 controller: list[str] | None = None, secret: str | None = None,
+                 bootstrap: bool = True) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.ids = list(range(1, nodes + 1))
+        self.ids = list(range(first_id, first_id + nodes))
         ports = ports or {i: free_port() for i in self.ids}
         self.addrs = {i: f"127.0.0.1:{ports[i]}" for i in self.ids}
-        self.secret = secrets.token_hex(8)
+        self.secret = secret or secrets.token_hex(8)
+        self.groups = tuple(groups)
+        self.controller = controller or ([self.addrs[i] for i in self.ids] if 0 in groups
+                                         else [])
+        self.bootstrap_on_start = bootstrap and 0 in groups
         self.tick_ms = tick_ms
         self.args = ["--tick-ms", str(tick_ms), "--election-ticks", str(election_ticks),
                      "--heartbeat-ticks", str(heartbeat_ticks), *(extra_args or [])]
@@ -58,10 +75,62 @@ class LocalCluster:
     def log_path(self, i: int) -> Path:
         return self.root / f"node-{i}.log"
 
+    @property
+    def data_groups(self) -> list[int]:
+        return [g for g in self.groups if g != 0]
+
     def start(self) -> LocalCluster:
         for i in self.ids:
             self.start_node(i)
+        if self.bootstrap_on_start:
+            self.join_groups()
         return self
+
+    def members(self) -> dict[int, str]:
+        return dict(self.addrs)
+
+    def join_groups(self, extra: dict[int, dict[int, str]] | None = None,
+                    timeout_s: float = 60.0) -> int:
+        """Bootstrap the controller with this cluster's data groups (and ``extra``) and
+        wait until they serve; returns the configuration number."""
+        groups = {g: self.members() for g in self.data_groups}
+        groups.update(extra or {})
+        num = bootstrap(self.controller, self.secret, groups, timeout_s=timeout_s)
+        wait_groups_at(self.addr_list, self.data_groups, num, timeout_s)
+        return num
+
+    def ctrl(self, op: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+        """Send one controller command (``{"op": "move", ...}``) through any member."""
+        for _ in range(int(timeout_s / 0.1)):
+            for addr in self.controller:
+                try:
+                    code, doc = self._request_addr(addr, "POST", "/v1/ctrl/command", op)
+                except (OSError, ValueError):
+                    continue
+                if code == 200:
+                    return dict(doc)
+                if code == 400:
+                    raise ClusterError(f"controller refused {op}: {doc}")
+            time.sleep(0.1)
+        raise ClusterError(f"controller did not accept {op}")
+
+    def shard_view(self, group: int) -> dict[str, Any] | None:
+        """The shards document of the leader of ``group``, if any answers."""
+        lead = self.leader(group)
+        st = self.status(lead, group) if lead is not None else None
+        return None if st is None else st.get("shards")
+
+    def wait_shards(self, group: int, num: int, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Wait until ``group``'s leader has taken configuration ``num`` and installed
+        everything it gained (nothing pulling)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            v = self.shard_view(group)
+            if v is not None and v["num"] >= num and not v["pulling"]:
+                return v
+            time.sleep(0.05)
+        raise ClusterError(f"group {group} did not reach configuration {num}; logs in "
+                           f"{self.root}")
 
     def start_node(self, i: int) -> None:
         if i in self.procs and self.procs[i].poll() is None:
@@ -70,6 +139,10 @@ class LocalCluster:
                 "--listen", self.addrs[i], "--data-dir", str(self.data_dir(i)), *self.args]
         for j in self.ids:
             argv += ["--peer", f"{j}={self.addrs[j]}"]
+        for g in self.groups:
+            argv += ["--group", str(g)]
+        if 0 not in self.groups:
+            argv += ["--controller", ",".join(self.controller)]
         with open(self.log_path(i), "ab") as log:
             self.procs[i] = subprocess.Popen(argv, env=self.env, stdout=log,
                                              stderr=subprocess.STDOUT)
@@ -119,8 +192,12 @@ class LocalCluster:
 
     def _request(self, i: int, method: str, path: str, body: Any = None,
                  timeout_s: float = 2.0) -> tuple[int, Any]:
+        return self._request_addr(self.addrs[i], method, path, body, timeout_s)
+
+    def _request_addr(self, addr: str, method: str, path: str, body: Any = None,
+                      timeout_s: float = 2.0) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://{self.addrs[i]}{path}", data=data, method=method,
+        req = urllib.request.Request(f"http://{addr}{path}", data=data, method=method,
                                      headers={"X-Kvraft-Secret": self.secret,
                                               "Content-Type": "application/json"})
         try:

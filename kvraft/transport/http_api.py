@@ -39,6 +39,8 @@ SEQ_HEADER = "X-Kvraft-Seq"
 ACK_HEADER = "X-Kvraft-Ack"
 TIMEOUT_HEADER = "X-Kvraft-Timeout-Ms"
 LEADER_HEADER = "X-Kvraft-Leader"
+CONFIG_HEADER = "X-Kvraft-Config"
+"""The configuration number the client routed the request by (a hint to poll)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +54,7 @@ class Limits:
 class KVService(Protocol):
     """What the HTTP layer needs from the node (implemented by the runtime)."""
 
-    async def get(self, key: str, *, timeout_s: float) -> str | None: ...
+    async def get(self, key: str, *, timeout_s: float, num: int = 0) -> str | None: ...
     async def write(self, cmd: Command, *, timeout_s: float) -> Result: ...
     def status(self) -> dict[str, Any]: ...
 
@@ -71,6 +73,19 @@ def error_response(exc: BaseException, request: web.Request | None = None) -> we
             return _json(307, {"error": "not_leader", "leader": exc.leader, "message": msg},
                          {"Location": url, LEADER_HEADER: exc.leader})
         return _json(503, {"error": "no_leader", "message": msg})
+    if isinstance(exc, errors.WrongGroup):
+        body = {"error": "wrong_group", "num": exc.num, "group": exc.gid, "message": msg}
+        if exc.redirect:
+            url = f"http://{exc.redirect}{request.path_qs if request is not None else ''}"
+            body["redirect"] = exc.redirect
+            return _json(307, body, {"Location": url})
+        return _json(421, body)
+    if isinstance(exc, errors.NotReady):
+        return _json(409, {"error": "not_ready", "message": msg})
+    if isinstance(exc, LookupError):
+        return _json(410, {"error": "gone", "message": msg})
+    if isinstance(exc, errors.NotFound):
+        return _json(404, {"error": "not_found", "message": msg})
     if isinstance(exc, errors.TooLarge):
         return _json(413, {"error": "too_large", "message": msg})
     if isinstance(exc, errors.InvalidArgument):
@@ -135,6 +150,18 @@ class ClientAPI:
             raise errors.InvalidArgument("key is not valid UTF-8") from None
         return key
 
+    def _num(self, request: web.Request) -> int:
+        raw = request.headers.get(CONFIG_HEADER)
+        if raw is None:
+            return 0
+        try:
+            num = int(raw)
+        except ValueError:
+            raise errors.InvalidArgument(f"{CONFIG_HEADER} must be an integer") from None
+        if not 0 <= num < 2**63:
+            raise errors.InvalidArgument(f"{CONFIG_HEADER} must be >= 0")
+        return num
+
     def _timeout(self, request: web.Request) -> float:
         raw = request.headers.get(TIMEOUT_HEADER)
         if raw is None:
@@ -189,7 +216,8 @@ class ClientAPI:
 
     async def handle_get(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
-        value = await self.service.get(key, timeout_s=self._timeout(request))
+        value = await self.service.get(key, timeout_s=self._timeout(request),
+                                       num=self._num(request))
         if value is None:
             return _json(404, {"error": "not_found", "key": key, "message": "key not found"})
         return _json(200, {"key": key, "value": value})
@@ -198,7 +226,7 @@ class ClientAPI:
         key = self._key(request)
         value = await self._value(request) if op != Op.DELETE else ""
         cid, seq, ack = self._session(request)
-        cmd = Command(op, key, value, cid, seq, ack)
+        cmd = Command(op, key, value, cid, seq, ack, self._num(request))
         result = await self.service.write(cmd, timeout_s=self._timeout(request))
         if result.status == Status.SESSION_EXPIRED:
             raise errors.SessionExpired("client session expired on the server")

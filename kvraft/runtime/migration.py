@@ -1,0 +1,275 @@
+"""Moving a data group through configurations, and moving range bytes between groups.
+
+The decisions live in the pure :class:`~kvraft.kv.shards.ShardState` (what to pull,
+when to serve, when to delete). This module only does what those decisions call for,
+and only on the group's leader, reading the *committed* shard state after every step:
+
+- **advance**: when nothing is left to install, fetch configuration ``num + 1`` from
+  the controller and propose it (one at a time, in order: never skip a number);
+- **pull**: for each range being pulled, ask the previous owner's members for the next
+  bounded chunk (keys, then client sessions) and propose it as a CHUNK/SESSIONS entry;
+  the cursor in the committed state says where to go on after a restart or a leader
+  change, so a chunk proposed twice is ignored by the state machine;
+- **gc**: for each outgoing interval, ask the new owner whether it installed it, then
+  propose GC steps (bounded deletes) until the record is gone.
+
+Handing data out (``export``) never waits on pulling data in, so groups that swap
+ranges cannot deadlock. At most ``max_concurrent_pulls`` pulls run per group, and one
+chunk of at most ``chunk_bytes`` is in flight per pull: a range is never held whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kvraft import errors
+from kvraft.ctrler.config import Configuration, initial_configuration
+from kvraft.kv.machine import Status
+from kvraft.kv.shardcmd import ShardCommand, ShardOp
+from kvraft.kv.shards import KEYS, Outgoing, Pull
+from kvraft.raft import Role
+from kvraft.runtime.peers import GroupCaller
+from kvraft.storage.statedb import StateStore
+
+if TYPE_CHECKING:
+    from kvraft.runtime.replica import Replica
+
+log = logging.getLogger("kvraft.migration")
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSettings:
+    poll_interval_s: float = 0.1
+    """How often a group's leader looks for a newer configuration and for work."""
+    chunk_bytes: int = 256 << 10
+    """Largest chunk of keys (bytes of keys and values) moved in one log entry."""
+    session_chunk: int = 500
+    """Client sessions per SESSIONS entry."""
+    gc_batch_keys: int = 2000
+    """Keys deleted per GC entry."""
+    max_concurrent_pulls: int = 2
+    """Ranges pulled at once per group."""
+    step_timeout_s: float = 10.0
+
+
+class ConfigSource:
+    """Configurations from the controller, cached (they never change once made)."""
+
+    def __init__(self, caller: GroupCaller, controller: Callable[[], list[str]],
+                 cache_size: int = 64) -> None:
+        self.caller = caller
+        self.controller = controller
+        self.latest: Configuration = initial_configuration()
+        self._cache: OrderedDict[int, Configuration] = OrderedDict()
+        self._size = cache_size
+        self.errors = 0
+
+    def _keep(self, cfg: Configuration) -> None:
+        self._cache[cfg.num] = cfg
+        self._cache.move_to_end(cfg.num)
+        while len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        if cfg.num > self.latest.num:
+            self.latest = cfg
+
+    async def get(self, num: int, timeout_s: float = 3.0) -> Configuration | None:
+        """Configuration ``num`` (negative: the latest); None if not made yet."""
+        if num >= 0 and num in self._cache:
+            return self._cache[num]
+        try:
+            doc = await self.caller.call(self.controller(), "GET", "/v1/ctrl/config",
+                                         params={"num": str(num)}, timeout_s=timeout_s)
+        except errors.NotFound:
+            return None
+        cfg = Configuration.from_dict(doc["config"])
+        self._keep(cfg)
+        return cfg
+
+    async def refresh(self, timeout_s: float = 3.0) -> Configuration:
+        try:
+            await self.get(-1, timeout_s)
+        except (errors.KvraftError, ValueError, KeyError) as e:
+            self.errors += 1
+            log.debug("controller query failed: %s", e)
+        return self.latest
+
+    def note(self, cfg: Configuration) -> None:
+        self._keep(cfg)
+
+
+class ShardDriver:
+    """Drives one data group's replica on this node (acts only while it leads)."""
+
+    def __init__(self, replica: Replica, configs: ConfigSource, caller: GroupCaller,
+                 settings: ShardSettings) -> None:
+        self.r = replica
+        self.gid = replica.group_id
+        self.configs = configs
+        self.caller = caller
+        self.s = settings
+        self._pulls: dict[tuple[int, int, str], asyncio.Task[None]] = {}
+        self._gcs: dict[tuple[int, str, str | None], asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self.chunks_installed = 0
+        self.bytes_installed = 0
+
+    def store(self) -> StateStore:
+        st = self.r.state
+        assert isinstance(st, StateStore)
+        return st
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.s.poll_interval_s)
+            self._wake.clear()
+            if self.r.soft.role != Role.LEADER or self.r.failed.done():
+                continue
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.debug("group %d: shard step: %s", self.gid, e)
+
+    async def close(self) -> None:
+        tasks = [*self._pulls.values(), *self._gcs.values()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def step(self) -> None:
+        sh = self.store().view()
+        if sh is None:
+            return
+        for og in sh.outgoing:
+            k = (og.num, og.start, og.end)
+            if k not in self._gcs:
+                self._spawn(self._gcs, k, self._gc(og))
+        if sh.pulls:
+            for p in sh.pulls:
+                k = (sh.num, p.range_id, p.start)
+                if k not in self._pulls and len(self._pulls) < self.s.max_concurrent_pulls:
+                    self._spawn(self._pulls, k, self._pull(sh.num, p))
+            return
+        nxt = await self.configs.get(sh.num + 1)
+        if nxt is None:
+            return
+        res = await self._propose(ShardCommand(ShardOp.CONFIG, nxt.num, config=nxt.to_dict()))
+        if res.status == Status.OK:
+            log.info("group %d: configuration %d", self.gid, nxt.num)
+            self._wake.set()
+
+    def _spawn(self, table: dict[Any, asyncio.Task[None]], key: Any, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        table[key] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if table.get(key) is t:
+                del table[key]
+            if not t.cancelled() and t.exception() is not None:
+                log.info("group %d: %s failed: %s", self.gid, key, t.exception())
+            self._wake.set()
+        task.add_done_callback(done)
+
+    async def _propose(self, cmd: ShardCommand) -> Any:
+        return await self.r.propose(cmd.encode(), timeout_s=self.s.step_timeout_s)
+
+    async def _members(self, gid: int, num: int) -> list[str]:
+        """Addresses of ``gid`` as of configuration ``num`` (else the latest we know)."""
+        for n in (num, -1):
+            cfg = await self.configs.get(n)
+            if cfg is not None and cfg.members(gid):
+                return [a for _, a in sorted(cfg.members(gid).items())]
+        raise errors.Unavailable(f"no known members of group {gid}")
+
+    def _leading(self) -> bool:
+        return self.r.soft.role == Role.LEADER and not self.r.failed.done()
+
+    # --- pulling --------------------------------------------------------------------------
+
+    async def _pull(self, num: int, p: Pull) -> None:
+        members = await self._members(p.src_gid, num - 1)
+        cursor, phase = p.cursor, p.phase
+        backoff = self.s.poll_interval_s
+        while self._leading():
+            req = {"gid": p.src_gid, "num": num, "start": p.start, "end": p.end,
+                   "to": self.gid, "after": cursor,
+                   "phase": "keys" if phase == KEYS else "sessions",
+                   "max_bytes": self.s.chunk_bytes, "limit": self.s.session_chunk}
+            try:
+                doc = await self.caller.call(members, "POST", "/v1/internal/pull", body=req,
+                                             timeout_s=self.s.step_timeout_s)
+            except (errors.NotReady, errors.Unavailable, LookupError) as e:
+                log.debug("group %d: pull of %r from group %d: %s", self.gid, p.start,
+                          p.src_gid, e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = self.s.poll_interval_s
+            if phase == KEYS:
+                items = tuple((str(k), str(v)) for k, v in doc["items"])
+                cmd = ShardCommand(ShardOp.CHUNK, num, p.range_id, p.start, p.end,
+                                   cursor=cursor,
+                                   next_cursor=items[-1][0] if items else cursor,
+                                   last=bool(doc["last"]), items=items)
+                size = sum(len(k) + len(v) for k, v in items)
+            else:
+                sessions = tuple((str(c), int(a), tuple((int(s), int(st), bool(ex), str(k))
+                                                        for s, st, ex, k in rs))
+                                 for c, a, rs in doc["sessions"])
+                cmd = ShardCommand(ShardOp.SESSIONS, num, p.range_id, p.start, p.end,
+                                   cursor=cursor, next_cursor=doc.get("next_cursor"),
+                                   last=bool(doc["last"]), sessions=sessions)
+                size = 0
+            res = await self._propose(cmd)
+            if res.status == Status.OK:
+                self.chunks_installed += 1
+                self.bytes_installed += size
+            sh = self.store().view()
+            cur = None if sh is None or sh.num != num else next(
+                (q for q in sh.pulls if q.range_id == p.range_id and q.start == p.start), None)
+            if cur is None:
+                log.info("group %d: installed range %d [%r, %r) from group %d", self.gid,
+                         p.range_id, p.start, p.end, p.src_gid)
+                self._wake.set()
+                return
+            cursor, phase = cur.cursor, cur.phase
+
+    # --- deleting what the new owner confirmed -------------------------------------------
+
+    async def _gc(self, og: Outgoing) -> None:
+        members = await self._members(og.to_gid, og.num)
+        body = {"gid": og.to_gid, "num": og.num, "start": og.start, "end": og.end}
+        while self._leading() and not og.gc:
+            try:
+                doc = await self.caller.call(members, "POST", "/v1/internal/installed",
+                                             body=body, timeout_s=self.s.step_timeout_s)
+                if doc.get("installed") is True:
+                    break
+            except (errors.KvraftError, LookupError) as e:
+                log.debug("group %d: installed? %s", self.gid, e)
+            await asyncio.sleep(self.s.poll_interval_s * 2)
+        while self._leading():
+            await self._propose(ShardCommand(ShardOp.GC, og.num, start=og.start, end=og.end,
+                                             limit=self.s.gc_batch_keys))
+            sh = self.store().view()
+            if sh is None or sh.outgoing_exact(og.num, (og.start, og.end)) is None:
+                log.info("group %d: deleted [%r, %r) after group %d installed it", self.gid,
+                         og.start, og.end, og.to_gid)
+                return
+
+
+def members_list(members: dict[int, str]) -> Sequence[str]:
+    return [a for _, a in sorted(members.items())]

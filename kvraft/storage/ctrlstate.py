@@ -1,0 +1,116 @@
+"""state.db of a controller replica: the numbered configurations, in SQLite.
+
+The same durability contract as the data groups' ``state.db`` (see
+:mod:`kvraft.storage.ports`): each batch of committed entries is applied in one
+transaction with the applied index, so snapshots, InstallSnapshot, S3 backups and
+restore work unchanged for the controller. Each configuration the machine makes is a
+row of ``configs``; rows older than the machine's retention are deleted.
+
+Readers on the event loop use :meth:`query`, which sees the configurations published
+after the last applied batch (immutable objects; replaced as a whole).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from kvraft.ctrler.config import Configuration
+from kvraft.ctrler.machine import ControllerMachine, CtrlResult
+from kvraft.raft.types import ConfState, Entry, EntryKind
+from kvraft.storage.raftlog import conf_from_json, conf_to_json
+from kvraft.storage.sqlite_util import checkpoint, open_wal, transaction
+from kvraft.storage.statedb import CorruptState
+
+FORMAT_VERSION = "ctrl-1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS configs (num INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+
+class ControllerStore:
+    def __init__(self, path: str | Path, *, history_keep: int = 1000) -> None:
+        self.path = Path(path)
+        self.conn = c = open_wal(self.path, "NORMAL")
+        try:
+            c.executescript(_SCHEMA)
+            meta = self._meta()
+            if "format_version" not in meta:
+                self._write_meta({"format_version": FORMAT_VERSION})
+            elif meta["format_version"] != FORMAT_VERSION:
+                raise CorruptState(f"{self.path}: not a controller state database "
+                                   f"(format {meta['format_version']})")
+            configs = [Configuration.from_dict(json.loads(doc)) for _, doc in
+                       c.execute("SELECT num, doc FROM configs ORDER BY num")]
+        except (sqlite3.DatabaseError, ValueError) as e:
+            raise CorruptState(f"{self.path}: {e}") from e
+        self.machine = ControllerMachine(history_keep=history_keep)
+        if configs:
+            self.machine.load(configs)
+        self._published: tuple[Configuration, ...] = tuple(self.machine.configurations())
+
+    def _meta(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
+
+    def _write_meta(self, kv: dict[str, str]) -> None:
+        self.conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", kv.items())
+
+    def applied(self) -> tuple[int, int]:
+        m = self._meta()
+        return int(m.get("applied_index", 0)), int(m.get("applied_term", 0))
+
+    def conf(self) -> ConfState | None:
+        m = self._meta()
+        return conf_from_json(m["conf"]) if "conf" in m else None
+
+    def set_conf(self, conf: ConfState) -> None:
+        self._write_meta({"conf": conf_to_json(conf)})
+
+    def apply_batch(self, entries: Sequence[Entry]) -> list[CtrlResult]:
+        if not entries:
+            return []
+        m = self.machine
+        results: list[CtrlResult] = []
+        with transaction(self.conn):
+            for e in entries:
+                if e.kind != EntryKind.NORMAL or not e.data:
+                    results.append(CtrlResult(True, m.latest().num))
+                    continue
+                res = m.apply(e.data)
+                if res.changed:
+                    cfg = m.latest()
+                    self.conn.execute("INSERT OR REPLACE INTO configs (num, doc) VALUES (?, ?)",
+                                      (cfg.num, json.dumps(cfg.to_dict(), separators=(",", ":"))))
+                results.append(res)
+            oldest = m.configurations()[0].num
+            self.conn.execute("DELETE FROM configs WHERE num < ?", (oldest,))
+            last = entries[-1]
+            self._write_meta({"applied_index": str(last.index), "applied_term": str(last.term)})
+        self._published = tuple(m.configurations())
+        return results
+
+    # --- readers (event loop) ------------------------------------------------------------
+
+    def latest(self) -> Configuration:
+        return self._published[-1]
+
+    def query(self, num: int) -> Configuration | None:
+        """Configuration ``num`` (latest if negative), None if not made or not retained."""
+        pub = self._published
+        if num < 0:
+            return pub[-1]
+        first = pub[0].num
+        if num < first or num > pub[-1].num:
+            return None
+        cfg = pub[num - first]
+        return cfg if cfg.num == num else None
+
+    def checkpoint(self) -> None:
+        checkpoint(self.path)
+
+    def close(self) -> None:
+        self.conn.close()

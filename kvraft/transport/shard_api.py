@@ -1,0 +1,176 @@
+"""HTTP routes of a sharded cluster: the shard map, scans, the controller, range transfer.
+
+Client routes (no secret):
+
+- ``GET  /v1/shards[?fresh=1]``  the newest configuration this node knows (``fresh``:
+  ask the controller first) and the controller's addresses
+- ``GET  /v1/scan?start=&end=&limit=``  keys in ``[start, end)`` of the one range that
+  holds ``start`` (SHARDING.md rule 9): ``{"items": [[k, v]...], "range_end": ...}``;
+  the caller continues from ``range_end``
+- ``GET  /v1/ctrl/config?num=N``  configuration N (``-1``: the latest), from the
+  controller's leader
+
+Operator routes (cluster secret in ``X-Kvraft-Secret``):
+
+- ``POST /v1/ctrl/command``  JSON ``{"op": "join"|"leave"|"move"|"split"|"merge",
+  ...}``: one controller command; answers the new configuration number
+- ``POST /v1/ctrl/plan``  JSON ``{"apply": bool}``: the rebalance plan, applied if asked
+
+Peer routes between groups (cluster secret):
+
+- ``POST /v1/internal/pull``  the next chunk of a frozen outgoing range (keys, then
+  client sessions), bounded in bytes; 409 ``not_ready`` if not frozen here yet
+- ``POST /v1/internal/installed``  whether a group installed what it gained at N
+- ``GET  /v1/internal/stats?gid=``  keys and bytes per range of a group
+
+Every error is a JSON body with a 4xx/5xx status (see ``http_api.error_response``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from kvraft import errors
+from kvraft.transport.http_api import Observe, error_response
+
+SECRET_HEADER = "X-Kvraft-Secret"
+MAX_JSON_BYTES = 1 << 20
+MAX_SCAN_LIMIT = 10_000
+
+
+class ShardService(Protocol):
+    """What these routes need from the node (implemented by the runtime)."""
+
+    async def shard_map(self, *, fresh: bool) -> dict[str, Any]: ...
+    async def scan(self, start: str, end: str | None, limit: int, *, timeout_s: float,
+                   num: int) -> dict[str, Any]: ...
+    async def ctrl_query(self, num: int, *, timeout_s: float) -> dict[str, Any]: ...
+    async def ctrl_command(self, doc: dict[str, Any], *, timeout_s: float) -> dict[str, Any]: ...
+    async def ctrl_plan(self, apply: bool, *, timeout_s: float) -> dict[str, Any]: ...
+    async def export_range(self, doc: dict[str, Any]) -> dict[str, Any]: ...
+    async def range_installed(self, doc: dict[str, Any]) -> dict[str, Any]: ...
+    async def range_stats(self, gid: int) -> dict[str, Any]: ...
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+def opt_str(doc: dict[str, Any], name: str) -> str | None:
+    v = doc.get(name)
+    if v is not None and not isinstance(v, str):
+        raise errors.InvalidArgument(f"{name} must be a string or null")
+    return v
+
+
+def req_int(doc: dict[str, Any], name: str, lo: int = 0) -> int:
+    v = doc.get(name)
+    if type(v) is not int or v < lo:
+        raise errors.InvalidArgument(f"{name} must be an integer >= {lo}")
+    return v
+
+
+class ShardAPI:
+    def __init__(self, service: ShardService, secret: str, *, request_timeout_s: float,
+                 observe: Observe | None = None) -> None:
+        self.service = service
+        self.secret = secret
+        self.timeout_s = request_timeout_s
+        self.observe = observe
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/v1/shards", self._wrap(self.handle_shards))
+        r.add_get("/v1/scan", self._wrap(self.handle_scan))
+        r.add_get("/v1/ctrl/config", self._wrap(self.handle_config))
+        r.add_post("/v1/ctrl/command", self._wrap(self.handle_command, secret=True))
+        r.add_post("/v1/ctrl/plan", self._wrap(self.handle_plan, secret=True))
+        r.add_post("/v1/internal/pull", self._wrap(self.handle_pull, secret=True))
+        r.add_post("/v1/internal/installed", self._wrap(self.handle_installed, secret=True))
+        r.add_get("/v1/internal/stats", self._wrap(self.handle_stats, secret=True))
+
+    def _wrap(self, h: Callable[[web.Request], Awaitable[web.StreamResponse]],
+              secret: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            if secret and not hmac.compare_digest(
+                    request.headers.get(SECRET_HEADER, "").encode(), self.secret.encode()):
+                return _json(401, {"error": "unauthorized",
+                                   "message": "this call needs the cluster secret"})
+            try:
+                return await h(request)
+            except web.HTTPException:
+                raise
+            except Exception as e:
+                return error_response(e, request)
+        return handler
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
+            raise errors.TooLarge(f"body larger than {MAX_JSON_BYTES} bytes")
+        raw = await request.content.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise errors.TooLarge(f"body larger than {MAX_JSON_BYTES} bytes")
+        try:
+            doc = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise errors.InvalidArgument("body is not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise errors.InvalidArgument("body must be a JSON object")
+        return doc
+
+    @staticmethod
+    def _qint(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+        raw = request.query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            v = int(raw)
+        except ValueError:
+            raise errors.InvalidArgument(f"{name} must be an integer") from None
+        if not lo <= v <= hi:
+            raise errors.InvalidArgument(f"{name} must be in {lo}..{hi}")
+        return v
+
+    async def handle_shards(self, request: web.Request) -> web.StreamResponse:
+        fresh = request.query.get("fresh", "") in ("1", "true", "yes")
+        return _json(200, await self.service.shard_map(fresh=fresh))
+
+    async def handle_scan(self, request: web.Request) -> web.StreamResponse:
+        start = request.query.get("start", "")
+        end = request.query.get("end") or None
+        limit = self._qint(request, "limit", 1000, 1, MAX_SCAN_LIMIT)
+        num = self._qint(request, "num", 0, 0, 2**62)
+        if end is not None and end <= start:
+            return _json(200, {"items": [], "range_end": end, "num": 0})
+        return _json(200, await self.service.scan(start, end, limit, timeout_s=self.timeout_s,
+                                                  num=num))
+
+    async def handle_config(self, request: web.Request) -> web.StreamResponse:
+        num = self._qint(request, "num", -1, -1, 2**62)
+        return _json(200, await self.service.ctrl_query(num, timeout_s=self.timeout_s))
+
+    async def handle_command(self, request: web.Request) -> web.StreamResponse:
+        doc = await self._body(request)
+        return _json(200, await self.service.ctrl_command(doc, timeout_s=self.timeout_s))
+
+    async def handle_plan(self, request: web.Request) -> web.StreamResponse:
+        doc = await self._body(request)
+        apply = doc.get("apply", False)
+        if not isinstance(apply, bool):
+            raise errors.InvalidArgument("apply must be true or false")
+        return _json(200, await self.service.ctrl_plan(apply, timeout_s=self.timeout_s))
+
+    async def handle_pull(self, request: web.Request) -> web.StreamResponse:
+        return _json(200, await self.service.export_range(await self._body(request)))
+
+    async def handle_installed(self, request: web.Request) -> web.StreamResponse:
+        return _json(200, await self.service.range_installed(await self._body(request)))
+
+    async def handle_stats(self, request: web.Request) -> web.StreamResponse:
+        gid = self._qint(request, "gid", -1, 1, 2**31)
+        return _json(200, await self.service.range_stats(gid))
