@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,10 +29,14 @@ def s3() -> Iterator[MotoServer]:
         yield server
 
 
-def _cluster(root: Path, s3: MotoServer, name: str, interval_s: float = 3600) -> LocalCluster:
+def _cluster(root: Path, s3: MotoServer, name: str, interval_s: float = 3600,
+             snapshot_entries: int = 200, catchup_entries: int | None = None) -> LocalCluster:
+    catchup = [] if catchup_entries is None else [
+        "--snapshot-catchup-entries", str(catchup_entries)]
     return LocalCluster(root, nodes=3, env=s3.env(os.environ), extra_args=[
-        "--snapshot-entries", "200", "--s3-bucket", BUCKET, "--s3-endpoint-url",
-        s3.endpoint_url, "--cluster-name", name, "--backup-interval-s", str(interval_s)])
+        "--snapshot-entries", str(snapshot_entries), *catchup, "--s3-bucket", BUCKET,
+        "--s3-endpoint-url", s3.endpoint_url, "--cluster-name", name, "--backup-interval-s",
+        str(interval_s)])
 
 
 def _kvraft(s3: MotoServer, *args: str, secret: str | None = None
@@ -150,29 +157,68 @@ def test_s3_down_and_back(tmp_path: Path, s3: MotoServer) -> None:
 
 
 def test_replacement_node_restored_from_s3_catches_up(tmp_path: Path, s3: MotoServer) -> None:
-    c = _cluster(tmp_path / "c", s3, "replace")
+    # A snapshot every 250 entries keeping 50 below it: the backup (taken at ~301) compacts
+    # the live logs so they no longer hold the early entries, while the 100 writes made
+    # after it are too few for another snapshot, so the log still covers what a node
+    # restored at the backup's index lacks.
+    c = _cluster(tmp_path / "c", s3, "replace", snapshot_entries=250, catchup_entries=50)
     c.start()
     try:
         lead = c.wait_for_leader()
         victim = next(i for i in c.ids if i != lead)
-        with Client(c.addr_list) as cl:
+        live = [i for i in c.ids if i != victim]
+        with Client(c.addr_list, timeout_s=30.0) as cl:
             for i in range(300):
                 cl.put(f"k{i}", f"v{i}")
-            assert _kvraft(s3, "backup", "--addr", ",".join(c.addr_list),
-                           secret=c.secret).returncode == 0
+            r = _kvraft(s3, "backup", "--addr", ",".join(c.addr_list), secret=c.secret)
+            assert r.returncode == 0, r.stderr
+            found = re.search(r"group 1: snapshot (\d+) ", r.stdout)
+            assert found, r.stdout
+            backup_index = int(found[1])
             c.kill(victim)
             shutil.rmtree(c.data_dir(victim))  # the node's disk is lost
             for i in range(300, 400):  # the group moves on without it
                 cl.put(f"k{i}", f"v{i}")
+            # Precondition: no live log holds entry 1 any more, so a node that starts
+            # empty could only catch up by a snapshot streamed from the leader; but every
+            # live log still reaches down to the backup, so the restored node need not.
+            _wait(lambda: all((c.status(i) or {}).get("snapshot_index", 0) > 0 for i in live),
+                  60, "the live nodes to compact their logs")
+            for i in live:
+                st = c.status(i)
+                assert st is not None and 0 < st["snapshot_index"] <= backup_index, (i, st)
             r = _kvraft(s3, "restore", *_s3_args(s3, "replace"), "--id", str(victim),
                         "--data-dir", str(c.data_dir(victim)))
             assert r.returncode == 0, r.stderr
             c.start_node(victim)
             commit = c.status(c.wait_for_leader())["commit"]  # type: ignore[index]
-            c.wait_applied([victim], commit)
+            c.wait_applied([victim], commit, timeout_s=60)
+            # The node started from the restored snapshot, not from an empty directory...
+            # (its log file is appended to across starts: the last start is this one)
+            started = re.findall(rf"group 1 replica {victim} started: .* applied (\d+)",
+                                 c.log_path(victim).read_text())
+            assert len(started) == 2 and int(started[-1]) == backup_index, started
             st = c.status(victim)
-            assert st is not None and st["role"] == "follower"
+            assert st is not None and st["role"] == "follower", st
+            # ...and caught up from the leader's log alone: no snapshot was streamed to it.
+            assert st["snapshot_index"] == backup_index, st
+            assert st["snapshot"]["last_index"] == backup_index, st
+            assert st["snapshot"]["installed"] == 0, st
+            assert st["applied"] >= commit > backup_index, st
             cl.put("after", "1")
-            assert cl.get("k399") == "v399" and cl.get("k0") == "v0"
+            commit = c.status(c.wait_for_leader())["commit"]  # type: ignore[index]
+            c.wait_applied([victim], commit, timeout_s=60)
+        c.kill(victim, signal.SIGTERM)
+        # Read the data from the restored node's own state.db, not through the leader.
+        db = c.data_dir(victim) / "group-1" / "state.db"
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            kv = dict(conn.execute("SELECT k, v FROM kv").fetchall())
+            applied = int(conn.execute(
+                "SELECT v FROM meta WHERE k = 'applied_index'").fetchone()[0])
+        finally:
+            conn.close()
+        assert applied >= commit
+        assert kv == {**{f"k{i}": f"v{i}" for i in range(400)}, "after": "1"}
     finally:
         c.stop()

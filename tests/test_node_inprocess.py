@@ -5,52 +5,92 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from kvraft import AsyncClient, errors
-from kvraft.raft import InvariantViolation
+from kvraft.bootstrap import bootstrap, wait_groups_at
+from kvraft.raft import InvariantViolation, Role
 from kvraft.raft.types import Message, MsgType
 from kvraft.runtime.node import Node, NodeConfig
 from kvraft.testing import free_port
 
 
 async def _single_node(tmp_path: Path) -> Node:
+    """One node hosting the controller and data group 1, bootstrapped (group 1 owns all)."""
     addr = f"127.0.0.1:{free_port()}"
     node = Node(NodeConfig(node_id=1, listen=addr, peers={1: addr}, data_dir=tmp_path / "n1",
-                           secret="s"))
+                           secret="s", groups=(0, 1)))
     await node.start()
+    num = await asyncio.to_thread(bootstrap, [addr], "s", {1: {1: addr}})
+    await asyncio.to_thread(wait_groups_at, [addr], [1], num)
     return node
+
+
+def test_a_node_needs_its_groups(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--group is required"):
+        NodeConfig(node_id=1, listen="127.0.0.1:1", peers={}, data_dir=tmp_path, secret="s")
+    with pytest.raises(ValueError, match="--controller"):
+        NodeConfig(node_id=1, listen="127.0.0.1:1", peers={}, data_dir=tmp_path, secret="s",
+                   groups=(1,))
+
+
+async def _wait_until_leader(node: Node, timeout_s: float = 30.0) -> None:
+    """Wait (a condition, not a fixed delay) until the node's data replica leads."""
+    replica = node.replicas[1]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while replica.soft.role != Role.LEADER:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the single node was not elected within {timeout_s}s: "
+                                 f"{replica.status()}")
+        await asyncio.sleep(0.02)
 
 
 async def test_single_node_group_serves(tmp_path: Path) -> None:
     node = await _single_node(tmp_path)
     try:
-        async with AsyncClient([node.cfg.listen]) as c:
+        await _wait_until_leader(node)
+        async with AsyncClient([node.cfg.listen], timeout_s=30.0) as c:
             await c.put("k", "v")
             assert await c.get("k") == "v"
     finally:
         await node.stop()
 
 
-async def test_broken_invariant_stops_the_replica_loudly(tmp_path: Path) -> None:
+async def test_broken_invariant_stops_the_replica_loudly(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     node = await _single_node(tmp_path)
     try:
-        async with AsyncClient([node.cfg.listen], timeout_s=1.0) as c:
+        await _wait_until_leader(node)
+        replica = node.replicas[1]
+        async with AsyncClient([node.cfg.listen], timeout_s=30.0) as c:
             for i in range(3):
                 await c.put(f"k{i}", "v")
-            replica = node.replicas[1]
-            assert replica.core is not None
+            assert await c.get("k2") == "v"
+        before = replica.status()
+        assert before["applied"] >= 3 and before["role"] == "leader"
 
-            def broken_step(m: Message) -> None:
-                raise InvariantViolation("entry 2 conflicts with committed entry (commit 3)")
+        def broken_step(m: Message) -> None:
+            raise InvariantViolation("entry 2 conflicts with committed entry (commit 3)")
 
-            replica.core.step = broken_step  # type: ignore[method-assign]
-            replica.step([Message(MsgType.HEARTBEAT, to=1, frm=2, term=99)])
-            failure = await asyncio.wait_for(node.wait_failed(), 5)
-            assert "conflicts with committed" in str(failure)
+        monkeypatch.setattr(replica.core, "step", broken_step)
+        replica.step([Message(MsgType.HEARTBEAT, to=1, frm=2, term=99)])
+        failure = await asyncio.wait_for(node.wait_failed(), 30)
+        assert "conflicts with committed" in str(failure)
+        assert replica.status()["running"] is False
+        last_index = replica.status()["last_index"]
+        # The client retries a refused write until its deadline, so this timeout is the
+        # test's duration; a write a failed replica wrongly accepted would still show up
+        # below as an applied entry or a stored key, however slow the machine.
+        async with AsyncClient([node.cfg.listen], timeout_s=5.0) as c:
             try:
                 await c.put("after", "x")
             except errors.Unavailable:
                 pass
             else:
                 raise AssertionError("a failed replica accepted a write")
+        after = replica.status()
+        assert after["last_index"] == last_index, "a failed replica logged a write"
+        assert after["applied"] == before["applied"], "a failed replica applied a write"
+        assert replica.state.read("after") is None, "a failed replica stored a write"
     finally:
         await node.stop()
