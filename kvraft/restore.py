@@ -138,44 +138,67 @@ def _parse_time(text: str) -> float:
 
 @click.command("restore")
 @s3_options
-@click.option("--group", type=int, default=1, show_default=True)
+@click.option("--group", "groups", type=int, multiple=True, default=(1,), show_default=True,
+              help="Group to restore (repeat for several: a node of a sharded cluster hosts "
+              "the controller, group 0, and its data groups).")
 @click.option("--id", "node_id", type=int, required=True, help="The node id to restore for.")
 @click.option("--data-dir", type=click.Path(file_okay=False), required=True)
 @click.option("--index", type=int, help="Restore exactly this snapshot index.")
 @click.option("--time", "at_time", help="Restore the newest snapshot taken at or before this "
               "time (ISO-8601 or Unix seconds).")
 @click.option("--force", is_flag=True, help="Replace an existing replica directory.")
+@click.option("--all-groups", is_flag=True, help="Restore every group stored in S3 (the "
+              "controller and every data group) for this node.")
 def restore_command(bucket: str, prefix: str, cluster: str, endpoint_url: str | None,
-                    region: str | None, group: int, node_id: int, data_dir: str,
-                    index: int | None, at_time: str | None, force: bool) -> None:
-    """Create a node's data directory for GROUP from a snapshot in S3."""
+                    region: str | None, groups: tuple[int, ...], node_id: int, data_dir: str,
+                    index: int | None, at_time: str | None, force: bool,
+                    all_groups: bool) -> None:
+    """Create a node's data directory for each GROUP from snapshots in S3."""
     if index is not None and at_time is not None:
         raise click.UsageError("--index and --time are exclusive")
     store = _store(bucket, prefix, cluster, endpoint_url, region)
-    t0 = time.monotonic()
-    try:
-        m = restore_node(store, group=group, node_id=node_id, data_dir=Path(data_dir),
-                         index=index, at_or_before_unix=_parse_time(at_time) if at_time else None,
-                         force=force, show_progress=True)
-    except RestoreError as e:
-        raise click.ClickException(f"restore refused: {e}") from None
-    click.echo(f"restored group {group} node {node_id} from snapshot {m.index} (term {m.term}, "
-               f"{m.size} bytes, sha256 {m.sha256[:16]}…, taken {m.created}) into {data_dir} "
-               f"in {time.monotonic() - t0:.1f}s")
+    if all_groups:
+        try:
+            groups = tuple(store.list_groups())
+        except SnapshotStoreError as e:
+            raise click.ClickException(str(e)) from None
+        if not groups:
+            raise click.ClickException(f"no snapshots under s3://{bucket}/{prefix}/{cluster}/")
+    if index is not None and len(groups) > 1:
+        raise click.UsageError("--index names one snapshot: restore one group at a time")
+    for group in groups:
+        t0 = time.monotonic()
+        try:
+            m = restore_node(store, group=group, node_id=node_id, data_dir=Path(data_dir),
+                             index=index,
+                             at_or_before_unix=_parse_time(at_time) if at_time else None,
+                             force=force, show_progress=True)
+        except RestoreError as e:
+            raise click.ClickException(f"restore of group {group} refused: {e}") from None
+        click.echo(f"restored group {group} node {node_id} from snapshot {m.index} (term "
+                   f"{m.term}, {m.size} bytes, sha256 {m.sha256[:16]}…, taken {m.created}) "
+                   f"into {data_dir} in {time.monotonic() - t0:.1f}s")
 
 
 @click.group("backup", invoke_without_command=True)
 @click.option("--addr", "addrs", envvar="KVRAFT_ADDRS",
               default="127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003", show_default=True)
 @click.option("--secret", envvar="KVRAFT_SECRET", help="Cluster secret (or KVRAFT_SECRET).")
-@click.option("--group", type=int, default=1, show_default=True)
+@click.option("--group", "groups", type=int, multiple=True, default=(1,), show_default=True,
+              help="Group to back up (repeat: --group 0 --group 1 ... for a whole cluster).")
 @click.pass_context
-def backup_command(ctx: click.Context, addrs: str, secret: str | None, group: int) -> None:
-    """Upload a snapshot of GROUP to S3 now (the leader does it), or `backup list`."""
+def backup_command(ctx: click.Context, addrs: str, secret: str | None,
+                   groups: tuple[int, ...]) -> None:
+    """Upload a snapshot of each GROUP to S3 now (its leader does it), or `backup list`."""
     if ctx.invoked_subcommand is not None:
         return
     if not secret:
         raise click.UsageError("the cluster secret is required (--secret or KVRAFT_SECRET)")
+    for group in groups:
+        _backup_group(addrs, secret, group)
+
+
+def _backup_group(addrs: str, secret: str, group: int) -> None:
     errors = []
     for addr in [a.strip() for a in addrs.split(",") if a.strip()]:
         req = urllib.request.Request(f"http://{addr}/v1/admin/backup?group={group}",

@@ -70,11 +70,12 @@ def test_backup_then_lose_everything_then_restore(tmp_path: Path, s3: MotoServer
             for i in range(300):
                 cl.put(f"k{i}", f"v{i}")
             cl.append("k0", "+a")
-        r = _kvraft(s3, "backup", "--addr", ",".join(c.addr_list), secret=c.secret)
+        backup = ["backup", "--addr", ",".join(c.addr_list), "--group", "0", "--group", "1"]
+        r = _kvraft(s3, *backup, secret=c.secret)
         assert r.returncode == 0, r.stderr
-        assert "uploaded" in r.stdout
-        r = _kvraft(s3, "backup", "--addr", ",".join(c.addr_list), secret=c.secret)
-        assert r.returncode == 0 and "unchanged" in r.stdout, r.stdout + r.stderr
+        assert "group 0: " in r.stdout and "group 1: " in r.stdout and "uploaded" in r.stdout
+        r = _kvraft(s3, *backup, secret=c.secret)
+        assert r.returncode == 0 and r.stdout.count("unchanged") == 2, r.stdout + r.stderr
         with Client(c.addr_list) as cl:
             cl.put("after-backup", "x")  # not in the snapshot
     finally:
@@ -82,13 +83,17 @@ def test_backup_then_lose_everything_then_restore(tmp_path: Path, s3: MotoServer
     listing = _kvraft(s3, "backup", "list", *_s3_args(s3, "lost"))
     assert listing.returncode == 0 and "sqlite" not in listing.stderr
     assert len([ln for ln in listing.stdout.splitlines() if ln.strip().startswith("1 ")]) == 1
+    assert len([ln for ln in listing.stdout.splitlines() if ln.strip().startswith("0 ")]) == 1
     for i in c.ids:
         shutil.rmtree(c.data_dir(i))
-    for i in c.ids:
+    for i in c.ids:  # the whole sharded cluster: the controller and the data group
         r = _kvraft(s3, "restore", *_s3_args(s3, "lost"), "--id", str(i), "--data-dir",
-                    str(c.data_dir(i)))
+                    str(c.data_dir(i)), "--all-groups")
         assert r.returncode == 0, r.stderr
+        assert "restored group 0" in r.stdout and "restored group 1" in r.stdout, r.stdout
+    c.bootstrap_on_start = False  # the controller's configuration comes from S3 too
     c.start()
+    c.wait_shards(1, 1)  # group 1 serves by the restored configuration, nothing rebuilt
     try:
         c.wait_for_leader()
         with Client(c.addr_list) as cl:
