@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
 # Start/stop a 3-node kvraft cluster on 127.0.0.1:7101-7103 for benchmarks.
 #   bash bench/cluster.sh start [PYTHON]   # data in /tmp/kvraft-bench, pids recorded
+#   DATA_GROUPS=2 bash bench/cluster.sh start   # the controller plus 2 data groups
 #   bash bench/cluster.sh leader           # prints the leader's HOST:PORT
 #   bash bench/cluster.sh stop
 set -euo pipefail
 BASE=/tmp/kvraft-bench
 PY=${2:-${PYTHON:-python3}}
 PEERS="--peer 1=127.0.0.1:7101 --peer 2=127.0.0.1:7102 --peer 3=127.0.0.1:7103"
+NGROUPS=${DATA_GROUPS:-1}
+GROUPS_ARGS="--group 0"
+for g in $(seq 1 "$NGROUPS"); do GROUPS_ARGS="$GROUPS_ARGS --group $g"; done
 case "${1:-}" in
 start)
   rm -rf "$BASE"; mkdir -p "$BASE"
   for i in 1 2 3; do
-    KVRAFT_SECRET=bench nohup "$PY" -m kvraft serve --id $i --listen 127.0.0.1:710$i $PEERS \
+    KVRAFT_SECRET=bench nohup "$PY" -m kvraft serve --id $i --listen 127.0.0.1:710$i $PEERS $GROUPS_ARGS \
       --data-dir "$BASE/n$i" --log-level warning > "$BASE/n$i.log" 2>&1 &
     echo $! > "$BASE/n$i.pid"
   done
   for t in $(seq 1 60); do
-    if [ -n "$(bash "$0" leader 2>/dev/null)" ]; then echo "kvraft cluster up"; exit 0; fi
+    if [ -n "$(bash "$0" leader 2>/dev/null)" ]; then
+      "$PY" - "$NGROUPS" <<'PYEOF'
+import sys
+from kvraft.bootstrap import bootstrap, wait_groups_at
+addrs = [f"127.0.0.1:710{i}" for i in (1, 2, 3)]
+groups = list(range(1, int(sys.argv[1]) + 1))
+# `kvraft bench` keys are k000000000000000..: split them evenly between the groups
+n = len(groups)
+splits = [f"k{10_000 * i // n:015d}" for i in range(1, n)]
+num = bootstrap(addrs, "bench", {g: {i: a for i, a in enumerate(addrs, 1)} for g in groups},
+                splits=splits)
+wait_groups_at(addrs, groups, num)
+PYEOF
+      echo "kvraft cluster up ($NGROUPS data groups)"; exit 0
+    fi
     sleep 0.25
   done
   echo "no leader elected" >&2; exit 1 ;;

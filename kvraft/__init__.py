@@ -9,7 +9,8 @@ Public API::
 """
 
 from kvraft import errors
+from kvraft.admin import ShardAdmin
 from kvraft.client import AsyncClient, Client
 from kvraft.recorder import HistoryRecorder
 
-__all__ = ["AsyncClient", "Client", "HistoryRecorder", "errors"]
+__all__ = ["AsyncClient", "Client", "HistoryRecorder", "ShardAdmin", "errors"]

@@ -30,7 +30,9 @@ def _call(addrs: Sequence[str], secret: str, method: str, path: str,
                 data=None if body is None else json.dumps(body).encode(),
                 headers={SECRET_HEADER: secret, "Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(req, timeout=3.0) as r:  # follows 307
+                # a follower answers 307 (urllib does not follow it for a POST): the
+                # loop goes on to the next address until the leader accepts
+                with urllib.request.urlopen(req, timeout=3.0) as r:
                     doc: dict[str, Any] = json.loads(r.read() or b"{}")
                     return doc
             except urllib.error.HTTPError as e:
