@@ -32,7 +32,7 @@ def _call(addrs: Sequence[str], secret: str, method: str, path: str,
             try:
                 # a follower answers 307 (urllib does not follow it for a POST): the
                 # loop goes on to the next address until the leader accepts
-                with urllib.request.urlopen(req, timeout=3.0) as r:
+                with urllib.request.urlopen(req, timeout=10.0) as r:
                     doc: dict[str, Any] = json.loads(r.read() or b"{}")
                     return doc
             except urllib.error.HTTPError as e:
@@ -71,12 +71,22 @@ def bootstrap(ctrl: Sequence[str], secret: str, groups: Mapping[int, Mapping[int
         return int(cfg["num"])
     points = list(splits) if splits is not None else split_points(len(groups))
     for key in points:
-        _call(ctrl, secret, "POST", "/v1/ctrl/command", {"op": "split", "key": key}, deadline)
+        # A retried split (an answer lost to a timeout) is refused: check the map instead.
+        try:
+            _call(ctrl, secret, "POST", "/v1/ctrl/command", {"op": "split", "key": key},
+                  deadline)
+        except BootstrapError:
+            starts = [r[1] for r in latest_config(ctrl, secret, timeout_s)["ranges"]]
+            if key not in starts:
+                raise
     for gid, members in sorted(groups.items()):
         _call(ctrl, secret, "POST", "/v1/ctrl/command",
               {"op": "join", "gid": gid, "members": {str(k): v for k, v in members.items()}},
               deadline)
-    doc = _call(ctrl, secret, "POST", "/v1/ctrl/plan", {"apply": True}, deadline)
+    try:
+        doc = _call(ctrl, secret, "POST", "/v1/ctrl/plan", {"apply": True}, deadline)
+    except BootstrapError:  # "plan is stale": a retried plan that was applied already
+        return int(latest_config(ctrl, secret, timeout_s)["num"])
     return int(doc["num"])
 
 
