@@ -138,6 +138,10 @@ class Ready:
        first deletes every stored entry whose index is >= ``entries[0].index``
        (a conflicting suffix), then stores ``entries``.
     3. Only then send ``messages``: they may reveal the vote, term or entries above.
+       The one exception (Raft thesis 10.2.1), split out by :func:`early_messages`: a
+       leader whose Ready does not change its hard state may send its appends,
+       heartbeats, snapshots and TimeoutNow before its own write is durable; the core
+       counts the leader's own copy towards a commit only after ``advance``.
     4. Apply ``committed`` to the state machine in order (they are already durable
        locally after step 2).
     5. Serve ``read_states`` once the applied index reaches each one's ``index``.
@@ -168,3 +172,19 @@ class Ready:
             or self.soft_state
             or self.dropped_reads
         )
+
+
+LEADER_EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP, MsgType.TIMEOUT_NOW})
+
+
+def early_messages(rd: Ready, role: Role) -> tuple[list[Message], list[Message]]:
+    """Split ``rd.messages`` into (sent before the write is durable, sent after it).
+
+    The runtime and the simulator both use this, so the simulator checks the order the
+    runtime really runs (see ``Ready``, step 3).
+    """
+    if role != Role.LEADER or rd.hard_state is not None:
+        return [], list(rd.messages)
+    early = [m for m in rd.messages if m.type in LEADER_EARLY]
+    late = [m for m in rd.messages if m.type not in LEADER_EARLY]
+    return early, late

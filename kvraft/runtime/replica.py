@@ -29,11 +29,11 @@ import random
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kvraft import errors
+from kvraft.config import ReplicaSettings
 from kvraft.raft import (
     NONE,
     Config,
@@ -50,9 +50,9 @@ from kvraft.raft import (
     SoftState,
 )
 from kvraft.raft import NotLeader as CoreNotLeader
+from kvraft.raft.types import early_messages
 from kvraft.runtime.snapshotter import (
     InstallItem,
-    SnapshotSettings,
     Snapshotter,
     StreamSnapshot,
     recover_state,
@@ -65,7 +65,6 @@ from kvraft.transport.snapshot_stream import IncomingSnapshot
 log = logging.getLogger("kvraft.replica")
 T = TypeVar("T")
 
-_LEADER_EARLY = frozenset({MsgType.APP, MsgType.HEARTBEAT, MsgType.SNAP, MsgType.TIMEOUT_NOW})
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -80,19 +79,6 @@ async def _with_timeout(fut: asyncio.Future[T], timeout_s: float) -> T:
         return await fut
     finally:
         handle.cancel()
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaSettings:
-    tick_ms: int = 50
-    election_ticks: int = 10
-    heartbeat_ticks: int = 2
-    max_msg_bytes: int = 1 << 20
-    max_inflight_msgs: int = 256
-    snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
-    inline_apply_max_entries: int = 8
-    checkpoint_entries: int = 500
-    """Run WAL checkpoints of raft.db and state.db (off the hot path) this often."""
 
 
 class Replica:
@@ -353,11 +339,11 @@ class Replica:
             late = [m for m in late if m.type != MsgType.SNAP]
         if rd.snapshot is not None:
             await self.snapshotter.install(rd.snapshot)
-        if self.soft.role == Role.LEADER and rd.hard_state is None and late:
+        if late:
             # Raft thesis 10.2.1: a leader may replicate entries while it writes them
             # itself; it counts its own copy only once durable (RaftCore.advance).
-            early = [m for m in late if m.type in _LEADER_EARLY]
-            late = [m for m in late if m.type not in _LEADER_EARLY]
+            early, late = early_messages(Ready(hard_state=rd.hard_state, messages=late),
+                                         self.soft.role)
             if early:
                 self._send(self.group_id, early)
         if rd.hard_state is not None or rd.entries:

@@ -41,6 +41,8 @@ class Network:
         self.reordered = 0
         self.delivered = 0
         self.verbose_msgs = False
+        self.drop_if: Callable[[Message], bool] | None = None
+        """A scenario's filter: messages it matches are dropped (sent or in flight)."""
 
     # --- topology -----------------------------------------------------------------
 
@@ -76,7 +78,7 @@ class Network:
     def send(self, m: Message) -> None:
         self.sent += 1
         rng = self.rng
-        if (m.frm, m.to) in self.blocked:
+        if (m.frm, m.to) in self.blocked or (self.drop_if is not None and self.drop_if(m)):
             self._drop(m, "partitioned")
             return
         if self.loss and rng.random() < self.loss:
@@ -96,7 +98,7 @@ class Network:
             self._schedule(delay, self._arrive, msg)
 
     def _arrive(self, m: Message) -> None:
-        if (m.frm, m.to) in self.blocked:
+        if (m.frm, m.to) in self.blocked or (self.drop_if is not None and self.drop_if(m)):
             self._drop(m, "partitioned in flight")
             return
         self.delivered += 1

@@ -5,7 +5,9 @@ newest snapshot recorded with the log, snapshot files, the applied index of the 
 machine) that survives crashes; everything else is volatile. Ready processing is
 asynchronous, as in the real runtime: ``pump()`` takes a Ready when none is in flight
 and the disk write completes some steps later (``_persisted``); only then is a
-snapshot installed, the Ready's entries written, its messages sent, its committed
+snapshot installed, the Ready's entries written, its messages sent (except a leader's
+appends, heartbeats, snapshots and TimeoutNow, which leave at ``pump`` before the write
+is durable, exactly as in the runtime), its committed
 entries applied and ``advance()`` called. In the meantime the core keeps being ticked,
 stepped and proposed to.
 
@@ -39,7 +41,7 @@ from kvraft.raft import (
     Ready,
     SnapshotMeta,
 )
-from kvraft.raft.types import ReadState
+from kvraft.raft.types import ReadState, early_messages
 
 if TYPE_CHECKING:
     from kvraft.sim.cluster import Cluster
@@ -248,6 +250,12 @@ class SimNode:
         if core is None or self.inflight is not None or not core.has_ready():
             return
         rd = core.ready()
+        # As the runtime does: a leader's appends, heartbeats, snapshots and TimeoutNow
+        # leave before its own write is durable (thesis 10.2.1); the rest after it.
+        early, late = early_messages(rd, core.role)
+        rd.messages = late
+        for m in early:
+            self.host.send(self, m)
         self.inflight = rd
         self.expect = (core.log.last_index(), core.log.last_term(),
                        HardState(core.term, core.vote))
