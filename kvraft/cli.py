@@ -9,19 +9,29 @@ import os
 import signal
 import sys
 import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from kvraft import errors
-from kvraft.runtime.backup import BackupSettings
+from kvraft.cli_options import setting_option
+from kvraft.config import (
+    MEMBER,
+    SERVE_SETTING,
+    SERVE_SETTINGS,
+    LocalClusterSettings,
+    SettingError,
+    settings_from,
+    unknown_keys,
+)
 from kvraft.runtime.node import NodeConfig, run_node
-from kvraft.runtime.replica import ReplicaSettings
-from kvraft.runtime.snapshotter import SnapshotSettings
-from kvraft.transport.http_api import Limits
 
-DEFAULT_ADDRS = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003"
+DEFAULT_ADDRS = ",".join(LocalClusterSettings().addrs())
+"""The nodes of ``kvraft up``'s default cluster."""
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def install_fast_loop() -> None:
@@ -50,7 +60,7 @@ def main() -> None:
 def _parse_peer(text: str) -> tuple[int, str]:
     node, sep, addr = text.partition("=")
     if not sep or not node.strip().isdigit():
-        raise click.BadParameter(f"{text!r}: expected ID=HOST:PORT")
+        raise click.BadParameter(f"{text!r}: expected ID=HOST:PORT", param_hint="--peer")
     return int(node), addr.strip()
 
 
@@ -64,93 +74,129 @@ def _load_config(path: str | None) -> dict[str, Any]:
         raise click.ClickException(f"cannot read config {path}: {e}") from None
 
 
-@main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="TOML file with the same settings (command-line options win).")
-@click.option("--id", "node_id", type=int, help="This node's id (a positive integer).")
-@click.option("--listen", help="HOST:PORT to serve clients and peers on.")
-@click.option("--peer", "peers", multiple=True, help="ID=HOST:PORT of a group member (repeat).")
-@click.option("--group", "groups", multiple=True, type=click.IntRange(0),
-              help="A group this node is a bootstrap member of, with its peers (repeat); "
-              "0 is the shard controller.")
-@click.option("--controller", help="HOST:PORT,... of the controller's members (needed when "
-              "this node does not host group 0).")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where raft.db/state.db live.")
-@click.option("--secret", envvar="KVRAFT_SECRET", help="Cluster secret (or KVRAFT_SECRET).")
-@click.option("--tick-ms", type=int, help="Raft tick interval [50].")
-@click.option("--election-ticks", type=int, help="Election timeout in ticks [10].")
-@click.option("--heartbeat-ticks", type=int, help="Heartbeat interval in ticks [2].")
-@click.option("--max-key-bytes", type=int, help="Largest key accepted [4096].")
-@click.option("--max-value-bytes", type=int, help="Largest value accepted [1048576].")
-@click.option("--snapshot-entries", type=int,
-              help="Snapshot after this many applied entries; 0 disables [10000].")
-@click.option("--snapshot-catchup-entries", type=int,
-              help="Log entries kept below a snapshot for lagging followers [1000].")
-@click.option("--s3-bucket", envvar="KVRAFT_S3_BUCKET", help="Enable S3 backups to this bucket.")
-@click.option("--s3-prefix", envvar="KVRAFT_S3_PREFIX", help="Key prefix in the bucket [kvraft].")
-@click.option("--s3-endpoint-url", envvar="KVRAFT_S3_ENDPOINT_URL",
-              help="S3 endpoint (MinIO, moto); default AWS.")
-@click.option("--s3-region", envvar="AWS_REGION", help="S3 region.")
-@click.option("--cluster-name", envvar="KVRAFT_CLUSTER", help="Cluster name in S3 [default].")
-@click.option("--backup-interval-s", type=float, help="Seconds between uploads [300].")
-@click.option("--backup-keep", type=int, help="Snapshots kept in S3 per group [5].")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(config_path: str | None, node_id: int | None, listen: str | None,
-          peers: tuple[str, ...], groups: tuple[int, ...], controller: str | None,
-          data_dir: str | None, secret: str | None,
-          tick_ms: int | None, election_ticks: int | None, heartbeat_ticks: int | None,
-          max_key_bytes: int | None, max_value_bytes: int | None,
-          snapshot_entries: int | None, snapshot_catchup_entries: int | None,
-          s3_bucket: str | None, s3_prefix: str | None, s3_endpoint_url: str | None,
-          s3_region: str | None, cluster_name: str | None, backup_interval_s: float | None,
-          backup_keep: int | None, log_level: str) -> None:
-    """Run one node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
-    file_cfg = _load_config(config_path)
+def _file_value(file_cfg: Mapping[str, Any], key: str, ok: Callable[[Any], bool],
+                expected: str, source: str) -> Any:
+    value = file_cfg.get(key)
+    if value is not None and not ok(value):
+        raise click.ClickException(f"{source}: {key} must be {expected}, got {value!r}")
+    return value
 
-    def pick(name: str, value: Any, default: Any = None) -> Any:
-        return value if value is not None else file_cfg.get(name, default)
 
-    peer_map: dict[int, str] = {}
-    for k, v in (file_cfg.get("peers") or {}).items():
-        peer_map[int(k)] = str(v)
-    for p in peers:
+def _is_int(v: Any, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_addr_list(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, list) and all(isinstance(a, str) for a in v))
+
+
+def _is_peer_table(v: Any) -> bool:
+    return isinstance(v, dict) and all(str(k).isdigit() and isinstance(a, str)
+                                       for k, a in v.items())
+
+
+def node_config_from(file_cfg: Mapping[str, Any], options: Mapping[str, Any], *,
+                     source: str = "config file") -> NodeConfig:
+    """The :class:`NodeConfig` of ``kvraft serve``.
+
+    ``options`` are serve's parameters by TOML key (``None`` or ``()``: not given);
+    ``file_cfg`` is the ``--config`` file. Each value comes from the command line (or
+    its environment variable), else the file, else its default in :mod:`kvraft.config`.
+    Bad values raise click errors that name the option or the file's key.
+    """
+    unknown = unknown_keys(file_cfg)
+    if unknown:
+        raise click.ClickException(f"{source}: unknown setting(s) {', '.join(unknown)} (keys "
+                                   "are serve's options with '_' for '-'; peers, groups)")
+    for key, value in file_cfg.items():
+        if key in SERVE_SETTING:
+            try:
+                SERVE_SETTING[key].parse(value)
+            except SettingError as e:
+                raise click.ClickException(f"{source}: {e}") from None
+    try:
+        settings = settings_from(options, file_cfg)
+    except SettingError as e:
+        raise click.UsageError(str(e)) from None
+
+    # Who the node is: checked in the file even where the command line overrides it.
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "id": (lambda v: _is_int(v, 1), "a positive integer"),
+        "listen": (lambda v: isinstance(v, str), "a string"),
+        "peers": (_is_peer_table, 'a table of ID = "HOST:PORT"'),
+        "groups": (lambda v: isinstance(v, list) and all(_is_int(g, 0) for g in v),
+                   "a list of non-negative integers"),
+        "controller": (_is_addr_list, "a string or a list of strings"),
+        "data_dir": (lambda v: isinstance(v, str), "a string"),
+        "secret": (lambda v: isinstance(v, str), "a string"),
+    }
+    from_file = {k: _file_value(file_cfg, k, ok, what, source)
+                 for k, (ok, what) in checks.items()}
+
+    def pick(key: str) -> Any:
+        value = options.get(key)
+        return from_file[key] if value is None or value == () else value
+
+    peer_map = {int(k): v for k, v in (from_file["peers"] or {}).items()}
+    for p in options.get("peers") or ():
         i, a = _parse_peer(p)
         peer_map[i] = a
-    node_id = pick("id", node_id)
-    listen = pick("listen", listen)
-    data_dir = pick("data_dir", data_dir)
+    node_id, listen, data_dir = pick("id"), pick("listen"), pick("data_dir")
     if node_id is None or listen is None or data_dir is None:
         raise click.UsageError("--id, --listen and --data-dir are required")
-    snaps = SnapshotSettings(
-        entries=pick("snapshot_entries", snapshot_entries, 10_000),
-        catchup_entries=pick("snapshot_catchup_entries", snapshot_catchup_entries, 1_000))
-    rs = ReplicaSettings(tick_ms=pick("tick_ms", tick_ms, 50),
-                         election_ticks=pick("election_ticks", election_ticks, 10),
-                         heartbeat_ticks=pick("heartbeat_ticks", heartbeat_ticks, 2),
-                         snapshot=snaps)
-    backup = BackupSettings(
-        bucket=pick("s3_bucket", s3_bucket, "") or "",
-        prefix=pick("s3_prefix", s3_prefix, "kvraft"),
-        cluster=pick("cluster_name", cluster_name, "default"),
-        endpoint_url=pick("s3_endpoint_url", s3_endpoint_url),
-        region=pick("s3_region", s3_region),
-        interval_s=float(pick("backup_interval_s", backup_interval_s, 300.0)),
-        keep=pick("backup_keep", backup_keep, 5))
-    limits = Limits(max_key_bytes=pick("max_key_bytes", max_key_bytes, 4096),
-                    max_value_bytes=pick("max_value_bytes", max_value_bytes, 1 << 20))
-    group_list = list(groups) or [int(g) for g in file_cfg.get("groups", [])]
-    ctrl = pick("controller", controller) or ""
+    groups = pick("groups") or ()
+    ctrl = pick("controller") or ""
     if isinstance(ctrl, list):
-        ctrl = ",".join(str(a) for a in ctrl)
+        ctrl = ",".join(ctrl)
+    secret = pick("secret") or ""
     try:
-        cfg = NodeConfig(node_id=int(node_id), listen=str(listen), peers=peer_map,
-                         data_dir=Path(data_dir), secret=pick("secret", secret, "") or "",
-                         groups=tuple(group_list),
-                         controller=tuple(a.strip() for a in ctrl.split(",") if a.strip()),
-                         replica=rs, limits=limits, backup=backup)
+        return NodeConfig(node_id=node_id, listen=listen, peers=peer_map,
+                          data_dir=Path(data_dir), secret=secret, groups=tuple(groups),
+                          controller=tuple(a.strip() for a in ctrl.split(",") if a.strip()),
+                          settings=settings)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+
+
+def _member_option(key: str, **kwargs: Any) -> Callable[[F], F]:
+    m = MEMBER[key]
+    if m.envvar:
+        kwargs.update(envvar=m.envvar, show_envvar=True)
+    return click.option(m.option, key, help=m.doc, **kwargs)
+
+
+def _setting_options(f: F) -> F:
+    for s in reversed(SERVE_SETTINGS):
+        f = setting_option(s)(f)
+    return f
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML file with the same settings: keys are the options with '_' for "
+              "'-' (peers, groups: plural); command-line options win.")
+@_member_option("id", type=click.IntRange(1))
+@_member_option("listen")
+@_member_option("peers", multiple=True)
+@_member_option("groups", multiple=True, type=click.IntRange(0))
+@_member_option("controller")
+@_member_option("data_dir", type=click.Path(file_okay=False))
+@_member_option("secret")
+@_setting_options
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(config_path: str | None, log_level: str, **options: Any) -> None:
+    """Run one node in the foreground (SIGTERM or Ctrl-C stops it cleanly).
+
+    Every setting not given keeps its default from kvraft.config (shown below).
+    """
+    cfg = node_config_from(_load_config(config_path), options,
+                           source=config_path or "config file")
+    start_node(cfg, log_level)
+
+
+def start_node(cfg: NodeConfig, log_level: str) -> None:
+    """Run the node of ``cfg`` until it stops, then exit with its status."""
     logging.basicConfig(level=log_level.upper(),
                         format=f"%(asctime)s node{cfg.node_id} %(levelname)s %(name)s: %(message)s")
     install_fast_loop()

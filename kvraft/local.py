@@ -24,10 +24,15 @@ from typing import Any
 import click
 
 from kvraft.bootstrap import BootstrapError, bootstrap, wait_groups_at
+from kvraft.cli_options import setting_option
+from kvraft.config import LocalClusterSettings, describe
+
+UP = LocalClusterSettings()
+"""``kvraft up``'s defaults."""
 
 
-def cluster_layout(data_dir: Path, nodes: int, base_port: int, host: str = "127.0.0.1",
-                   groups: int = 2) -> dict[str, Any]:
+def cluster_layout(data_dir: Path, nodes: int, base_port: int, host: str = UP.host,
+                   groups: int = UP.groups) -> dict[str, Any]:
     """Load the cluster layout from ``data_dir`` or create it (with a fresh secret)."""
     path = data_dir / "cluster.json"
     if path.exists():
@@ -73,12 +78,11 @@ def _wait_for_leader(addrs: list[str], timeout_s: float) -> str | None:
 
 
 @click.command()
-@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
-@click.option("--groups", type=click.IntRange(1, 16), default=2, show_default=True,
-              help="Data groups (each on every node) on first start.")
-@click.option("--base-port", type=click.IntRange(1024, 65000), default=7001, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), default="./kvraft-data",
-              show_default=True)
+@setting_option(describe(LocalClusterSettings, "nodes"), use_default=True)
+@setting_option(describe(LocalClusterSettings, "groups"), use_default=True)
+@setting_option(describe(LocalClusterSettings, "base_port"), use_default=True)
+@setting_option(describe(LocalClusterSettings, "data_dir"), use_default=True,
+                type=click.Path(file_okay=False))
 def up(nodes: int, groups: int, base_port: int, data_dir: str) -> None:
     """Start a local cluster on 127.0.0.1 and stay in the foreground until Ctrl-C."""
     root = Path(data_dir).resolve()

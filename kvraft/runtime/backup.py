@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kvraft.config import BackupSettings
 from kvraft.raft import Role
 from kvraft.storage.s3 import Manifest, S3SnapshotStore
 
@@ -24,23 +25,6 @@ if TYPE_CHECKING:
     from kvraft.runtime.replica import Replica
 
 log = logging.getLogger("kvraft.backup")
-
-
-@dataclass(frozen=True, slots=True)
-class BackupSettings:
-    bucket: str = ""
-    prefix: str = "kvraft"
-    cluster: str = "default"
-    endpoint_url: str | None = None
-    region: str | None = None
-    interval_s: float = 300.0
-    retry_s: float = 10.0
-    keep: int = 5
-    multipart_threshold_bytes: int = 64 << 20
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.bucket)
 
 
 @dataclass(slots=True)

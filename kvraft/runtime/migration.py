@@ -25,10 +25,10 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvraft import errors
+from kvraft.config import ShardSettings
 from kvraft.ctrler.config import Configuration, initial_configuration
 from kvraft.kv.machine import Status
 from kvraft.kv.shardcmd import ShardCommand, ShardOp
@@ -42,20 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kvraft.migration")
 
-
-@dataclass(frozen=True, slots=True)
-class ShardSettings:
-    poll_interval_s: float = 0.1
-    """How often a group's leader looks for a newer configuration and for work."""
-    chunk_bytes: int = 256 << 10
-    """Largest chunk of keys (bytes of keys and values) moved in one log entry."""
-    session_chunk: int = 500
-    """Client sessions per SESSIONS entry."""
-    gc_batch_keys: int = 2000
-    """Keys deleted per GC entry."""
-    max_concurrent_pulls: int = 2
-    """Ranges pulled at once per group."""
-    step_timeout_s: float = 10.0
 
 
 class ConfigSource:

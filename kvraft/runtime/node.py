@@ -34,21 +34,22 @@ from typing import Any
 from aiohttp import web
 
 from kvraft import errors
+from kvraft.config import NodeSettings
 from kvraft.kv.commands import Command
 from kvraft.kv.machine import Result, Status
 from kvraft.raft import ConfState, Message, Role
-from kvraft.runtime.backup import BackupManager, BackupSettings, NotLeaderForBackup
+from kvraft.runtime.backup import BackupManager, NotLeaderForBackup
 from kvraft.runtime.metrics import Metrics
-from kvraft.runtime.migration import ConfigSource, ShardDriver, ShardSettings
+from kvraft.runtime.migration import ConfigSource, ShardDriver
 from kvraft.runtime.peers import GroupCaller
-from kvraft.runtime.replica import Replica, ReplicaSettings
+from kvraft.runtime.replica import Replica
 from kvraft.runtime.shard_service import ShardServiceMixin
 from kvraft.storage.ctrlstate import ControllerStore
 from kvraft.storage.ports import MachineStore
 from kvraft.storage.snapshots import LocalSnapshot
 from kvraft.storage.statedb import NotOwned, StateStore
 from kvraft.transport.admin import AdminAPI
-from kvraft.transport.http_api import ClientAPI, Limits
+from kvraft.transport.http_api import ClientAPI
 from kvraft.transport.peer import PeerTransport
 from kvraft.transport.shard_api import ShardAPI
 from kvraft.transport.snapshot_stream import IncomingSnapshot, SnapshotReceiver, send_snapshot
@@ -88,14 +89,8 @@ class NodeConfig:
     """Groups this node is a bootstrap member of; 0 is the controller."""
     controller: tuple[str, ...] = ()
     """Addresses of controller members (needed when group 0 is not hosted here)."""
-    replica: ReplicaSettings = field(default_factory=ReplicaSettings)
-    limits: Limits = field(default_factory=Limits)
-    backup: BackupSettings = field(default_factory=BackupSettings)
-    shard: ShardSettings = field(default_factory=ShardSettings)
-    max_sessions: int = 100_000
-    """Client sessions remembered per data group (least recently used evicted)."""
-    history_keep: int = 1000
-    """Configurations the controller keeps (query(n) answers for these)."""
+    settings: NodeSettings = field(default_factory=NodeSettings)
+    """Everything with a default (kvraft.config defines each one)."""
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -142,8 +137,8 @@ class Node(ShardServiceMixin):
         self._runner: web.AppRunner | None = None
         self._lock_fd: int | None = None
         self.stopped = asyncio.Event()
-        self.backups = BackupManager(config.backup, config.node_id) if config.backup.enabled \
-            else None
+        backup = config.settings.backup
+        self.backups = BackupManager(backup, config.node_id) if backup.enabled else None
         self._tasks: list[asyncio.Task[None]] = []
         self.loop_lag = LoopLagMonitor()
         self.metrics = Metrics(self.status)
@@ -161,19 +156,21 @@ class Node(ShardServiceMixin):
         for gid in cfg.groups:
             replica = Replica(node_id=cfg.node_id, group_id=gid, conf=conf,
                               data_dir=cfg.data_dir / f"group-{gid}",
-                              send=self.transport.send, settings=cfg.replica,
+                              send=self.transport.send, settings=cfg.settings.replica,
                               address_of=cfg.peers.get, open_store=self._opener(gid),
                               stream_snapshot=self._stream_snapshot)
             await replica.start()
             self.replicas[gid] = replica
             if gid != CONTROLLER:
-                self.drivers[gid] = ShardDriver(replica, self.configs, self.caller, cfg.shard)
+                self.drivers[gid] = ShardDriver(replica, self.configs, self.caller,
+                                               cfg.settings.shard)
         for peer, addr in cfg.peers.items():
             if peer != cfg.node_id:
                 self.transport.set_peer(peer, addr)
-        app = web.Application(client_max_size=cfg.limits.max_value_bytes * 2 + 65536)
-        ClientAPI(self, cfg.limits, observe=self.metrics.observe).add_routes(app)
-        ShardAPI(self, cfg.secret, request_timeout_s=cfg.limits.request_timeout_s
+        limits = cfg.settings.limits
+        app = web.Application(client_max_size=limits.max_value_bytes * 2 + 65536)
+        ClientAPI(self, limits, observe=self.metrics.observe).add_routes(app)
+        ShardAPI(self, cfg.secret, request_timeout_s=limits.request_timeout_s
                  ).add_routes(app)
         app.router.add_get("/metrics", self.metrics.handle)
         AdminAPI(self.transport).add_routes(app)
@@ -196,14 +193,14 @@ class Node(ShardServiceMixin):
 
     def _opener(self, gid: int) -> Callable[[Path], MachineStore]:
         if gid == CONTROLLER:
-            return lambda p: ControllerStore(p, history_keep=self.cfg.history_keep)
-        return lambda p: StateStore(p, gid=gid, max_sessions=self.cfg.max_sessions)
+            return lambda p: ControllerStore(p, history_keep=self.cfg.settings.history_keep)
+        return lambda p: StateStore(p, gid=gid, max_sessions=self.cfg.settings.max_sessions)
 
     async def _poll_controller(self) -> None:
         """Keep the routing view of the configuration fresh (a hint; groups poll too)."""
         while True:
             await self.configs.refresh()
-            await asyncio.sleep(max(0.2, self.cfg.shard.poll_interval_s * 5))
+            await asyncio.sleep(max(0.2, self.cfg.settings.shard.poll_interval_s * 5))
 
     def _lock(self) -> None:
         path = self.cfg.data_dir / "LOCK"
@@ -306,7 +303,7 @@ class Node(ShardServiceMixin):
             return web.json_response({"error": "backup_failed",
                                       "message": f"{type(e).__name__}: {e}"}, status=503)
         return web.json_response({"manifest": manifest.to_dict(), "uploaded": uploaded,
-                                  "bucket": self.cfg.backup.bucket})
+                                  "bucket": self.cfg.settings.backup.bucket})
 
     # --- KVService ---------------------------------------------------------------------
 

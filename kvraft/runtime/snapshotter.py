@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kvraft import errors
+from kvraft.config import SnapshotSettings
 from kvraft.raft import Message, RaftCore, SnapshotMeta
 from kvraft.storage import snapshots as snapfiles
 from kvraft.storage.ports import MachineStore, OpenStore
@@ -39,14 +40,6 @@ log = logging.getLogger("kvraft.snapshot")
 
 StreamSnapshot = Callable[[int, int, Message, LocalSnapshot], Awaitable[None]]
 """(peer, group, SNAP message, file) -> completes once the peer accepted the file."""
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotSettings:
-    entries: int = 10_000
-    """Take a snapshot once this many entries were applied since the last one (0: never)."""
-    catchup_entries: int = 1_000
-    keep: int = 2
 
 
 @dataclass(slots=True)

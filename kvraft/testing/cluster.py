@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from kvraft.bootstrap import bootstrap, wait_groups_at
+from kvraft.config import ReplicaSettings
 from kvraft.testing.moto import free_port
+
+_RAFT = ReplicaSettings()
 
 
 class ClusterError(RuntimeError):
@@ -35,10 +38,14 @@ class LocalCluster:
     the key space split between them). A cluster without group 0 is pointed at another
     one's controller with ``controller`` and must share its ``secret``; its data groups
     are joined by :meth:`join_groups` (the caller decides when).
+
+    ``tick_ms`` (25) is a deliberate override of the node default (faster tests); the
+    election and heartbeat ticks default to the node's own (``kvraft.config``).
     """
 
     def __init__(self, root: str | Path, *, nodes: int = 3, tick_ms: int = 25,
-                 election_ticks: int = 10, heartbeat_ticks: int = 2,
+                 election_ticks: int = _RAFT.election_ticks,
+                 heartbeat_ticks: int = _RAFT.heartbeat_ticks,
                  extra_args: list[str] | None = None,
                  env: dict[str, str] | None = None,
                  ports: dict[int, int] | None = None,

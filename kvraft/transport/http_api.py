@@ -23,12 +23,12 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from kvraft import errors
+from kvraft.config import Limits
 from kvraft.kv.commands import Command, Op
 from kvraft.kv.machine import Result, Status
 
@@ -41,14 +41,6 @@ TIMEOUT_HEADER = "X-Kvraft-Timeout-Ms"
 LEADER_HEADER = "X-Kvraft-Leader"
 CONFIG_HEADER = "X-Kvraft-Config"
 """The configuration number the client routed the request by (a hint to poll)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_key_bytes: int = 4096
-    max_value_bytes: int = 1 << 20
-    request_timeout_s: float = 5.0
-    max_client_id_chars: int = 128
 
 
 class KVService(Protocol):
