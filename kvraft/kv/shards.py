@@ -16,7 +16,9 @@ The rules it enforces:
   groups that swap ranges do not deadlock.
 - A range that comes back before its old copy was deleted replaces that copy: the
   stale interval is cleared and the outgoing record clipped, so a late delete can
-  never remove data the group owns again.
+  never remove data the group owns again. It may come back only once the group it
+  went to confirmed the install (the record is in ``gc``): before that, that group may
+  still need to pull it from here.
 
 Intervals are ``(start, end)`` with ``end=None`` unbounded, in the byte order of the
 keys' UTF-8 encoding (which Python's ``str`` order matches).
@@ -173,12 +175,38 @@ class ShardState:
     def can_advance(self) -> bool:
         return not self.pulls
 
+    def unconfirmed_reclaims(self, new: Configuration) -> list[Outgoing]:
+        """Outgoing intervals that ``new`` gives back to this group before their new
+        owner confirmed it installed them.
+
+        Taking ``new`` then would delete the only complete copy while the other group
+        may still need to pull it (it cannot pull from us once the record is gone, and
+        we cannot pull from it before it installed): wait until the record is being
+        deleted (``gc``), which happens only after the other group confirmed.
+        """
+        out = []
+        for og in self.outgoing:
+            if og.gc:
+                continue
+            for r in new.ranges:
+                if r.gid == self.gid and intersect(og.interval, (r.start, r.end)) is not None:
+                    out.append(og)
+                    break
+        return out
+
+    def can_take(self, new: Configuration) -> bool:
+        return (new.num == self.num + 1 and not self.pulls
+                and not self.unconfirmed_reclaims(new))
+
     def advance(self, new: Configuration) -> Advance:
         """Take configuration ``num + 1``; raises ShardError if out of order or too early."""
         if new.num != self.num + 1:
             raise ShardError(f"configuration {new.num} is not the next one after {self.num}")
         if self.pulls:
             raise ShardError(f"configuration {self.num} still has ranges to install")
+        if self.unconfirmed_reclaims(new):
+            raise ShardError(f"configuration {new.num} gives back ranges whose new owner "
+                             "has not confirmed them yet")
         old = self.config
         me = self.gid
         out = Advance()

@@ -150,8 +150,8 @@ class ShardDriver:
                     self._spawn(self._pulls, k, self._pull(sh.num, p))
             return
         nxt = await self.configs.get(sh.num + 1)
-        if nxt is None:
-            return
+        if nxt is None or not sh.can_take(nxt):
+            return  # not made yet, or it gives back a range not confirmed yet (see gc)
         res = await self._propose(ShardCommand(ShardOp.CONFIG, nxt.num, config=nxt.to_dict()))
         if res.status == Status.OK:
             log.info("group %d: configuration %d", self.gid, nxt.num)
