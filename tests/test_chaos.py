@@ -17,23 +17,28 @@ from kvraft.chaos.runner import _append_anomalies
 from kvraft.check.history import Operation
 
 RUNS = [
-    # (seed, nodes, fault kinds, snapshot every N entries)
-    (101, 3, ("kill", "kill-leader", "pause"), 300),
-    (102, 3, ("partition", "isolate-leader", "one-way"), 300),
-    (103, 5, ("bridge", "partition", "kill-leader"), 300),
-    (104, 3, ("delay", "loss", "majority-down"), 300),
-    (105, 3, ("kill", "kill-leader", "partition"), 100),  # frequent snapshots and installs
+    # (seed, nodes, fault kinds, snapshot every N entries, data groups)
+    (101, 3, ("kill", "kill-leader", "pause"), 300, 1),
+    (102, 3, ("partition", "isolate-leader", "one-way"), 300, 1),
+    (103, 5, ("bridge", "partition", "kill-leader"), 300, 1),
+    (104, 3, ("delay", "loss", "majority-down"), 300, 1),
+    (105, 3, ("kill", "kill-leader", "partition"), 100, 1),  # frequent snapshots and installs
+    # a sharded cluster: ranges move, split, merge and groups leave and join under faults
+    (106, 3, ("move", "split", "merge", "leave", "kill-leader", "partition"), 200, 2),
+    (107, 3, ("move", "join", "split", "kill", "pause", "loss"), 200, 2),
 ]
 
 
-@pytest.mark.parametrize(("seed", "nodes", "kinds", "snap"), RUNS,
+@pytest.mark.parametrize(("seed", "nodes", "kinds", "snap", "groups"), RUNS,
                          ids=[f"seed{r[0]}" for r in RUNS])
 def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...],
-                   snap: int) -> None:
-    print(f"chaos seed={seed} nodes={nodes} faults={','.join(kinds)} snapshot-entries={snap}")
-    cfg = ChaosSettings(seed=seed, nodes=nodes, duration_s=15.0,
+                   snap: int, groups: int) -> None:
+    print(f"chaos seed={seed} nodes={nodes} groups={groups} faults={','.join(kinds)} "
+          f"snapshot-entries={snap}")
+    cfg = ChaosSettings(seed=seed, nodes=nodes, duration_s=15.0 if groups == 1 else 20.0,
                         nemesis=NemesisSettings(kinds=kinds), data_dir=tmp_path / "c",
-                        history_path=tmp_path / "history.jsonl", snapshot_entries=snap)
+                        history_path=tmp_path / "history.jsonl", snapshot_entries=snap,
+                        groups=groups)
     report = run_chaos(cfg)
     print(report.summary())
     print("\n".join(report.events))
@@ -42,6 +47,10 @@ def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...]
     assert set(report.faults) <= set(kinds)
     assert report.outcomes["ok"] > 500, "the clients made too little progress"
     assert report.snapshots["taken"] > 0, "no snapshot was taken under load"
+    if groups > 1:
+        shard_faults = sum(n for k, n in report.faults.items()
+                           if k in ("move", "split", "merge", "join", "leave"))
+        assert shard_faults >= 1, "no range moved, split or merged during the run"
 
 
 def _op(i: int, value: str, outcome: str) -> Operation:

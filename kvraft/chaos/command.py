@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from kvraft.chaos.nemesis import FAULT_KINDS, NemesisSettings
+from kvraft.chaos.nemesis import ALL_KINDS, FAULT_KINDS, SHARD_KINDS, NemesisSettings
 from kvraft.chaos.runner import ChaosSettings, report_json, run_chaos
 
 
@@ -21,8 +21,12 @@ from kvraft.chaos.runner import ChaosSettings, report_json, run_chaos
               show_default=True, help="Seconds of faults and load per run.")
 @click.option("--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True)
 @click.option("--clients", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--faults", "kinds", default=",".join(FAULT_KINDS), show_default=True,
-              help="Comma-separated fault kinds to draw from.")
+@click.option("--groups", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="Data groups (with the controller, on every node). With more than one, "
+              "the shard faults (move, split, merge, join, leave) join the default kinds.")
+@click.option("--faults", "kinds", help="Comma-separated fault kinds to draw from "
+              f"[default: {','.join(FAULT_KINDS)}; with --groups > 1 also "
+              f"{','.join(SHARD_KINDS)}].")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Where node data and logs go (a temporary directory by default).")
 @click.option("--history", "history_path", type=click.Path(dir_okay=False),
@@ -32,7 +36,8 @@ from kvraft.chaos.runner import ChaosSettings, report_json, run_chaos
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary line per run.")
 @click.option("-v", "--verbose", is_flag=True, help="Print faults as they are injected.")
 def chaos_command(seed: int | None, runs: int, duration_s: float, nodes: str, clients: int,
-                  kinds: str, data_dir: str | None, history_path: str | None,
+                  groups: int, kinds: str | None, data_dir: str | None,
+                  history_path: str | None,
                   snapshot_entries: int, as_json: bool, verbose: bool) -> None:
     """Run recording clients against a local cluster while injecting faults; check the history.
 
@@ -40,21 +45,25 @@ def chaos_command(seed: int | None, runs: int, duration_s: float, nodes: str, cl
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(message)s")
+    if kinds is None:
+        kinds = ",".join(ALL_KINDS if groups > 1 else FAULT_KINDS)
     chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
-    bad = [k for k in chosen if k not in FAULT_KINDS]
+    allowed = ALL_KINDS if groups > 1 else FAULT_KINDS
+    bad = [k for k in chosen if k not in allowed]
     if bad or not chosen:
-        raise click.UsageError(f"unknown fault kinds {bad}; choose from {', '.join(FAULT_KINDS)}")
+        raise click.UsageError(f"unknown fault kinds {bad}; choose from {', '.join(allowed)}"
+                               + ("" if groups > 1 else " (shard faults need --groups 2)"))
     first = seed if seed is not None else secrets.randbelow(2**31)
     failed = []
     for r in range(runs):
         s = first + r
-        click.echo(f"chaos run seed={s} duration={duration_s}s nodes={nodes} faults={','.join(chosen)}",
-                   err=True)
+        click.echo(f"chaos run seed={s} duration={duration_s}s nodes={nodes} groups={groups} "
+                   f"faults={','.join(chosen)}", err=True)
         cfg = ChaosSettings(seed=s, nodes=int(nodes), duration_s=duration_s, clients=clients,
                             nemesis=NemesisSettings(kinds=chosen),
                             data_dir=Path(data_dir) / f"seed-{s}" if data_dir else None,
                             history_path=Path(history_path) if history_path else None,
-                            snapshot_entries=snapshot_entries)
+                            snapshot_entries=snapshot_entries, groups=groups)
         report = run_chaos(cfg)
         click.echo(report_json(report) if as_json else report.summary())
         if not report.ok:

@@ -18,6 +18,15 @@ Fault kinds:
 - ``majority-down``: SIGSTOP a majority of the nodes (no quorum: writes fail or end
   with an unknown outcome), SIGCONT later.
 
+Shard faults (a sharded cluster, ``kvraft chaos --groups 2``), through the controller:
+
+- ``move``: move a random range to another data group;
+- ``split``: split the range holding a random key (often one the clients use);
+- ``merge``: merge a random range into its left neighbour when both are on one group;
+- ``leave``: a data group leaves (its ranges move to the others) and joins again at the
+  end of the fault, after which the ranges are rebalanced back onto it;
+- ``join``: rebalance (the plan of ``shardctl rebalance --apply``).
+
 Partitions, delay and loss act inside each node's transport through the admin endpoint
 (which requires the cluster secret).
 """
@@ -31,13 +40,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvraft.testing.cluster import LocalCluster
 
 log = logging.getLogger("kvraft.chaos")
 
-FAULT_KINDS = ("kill", "kill-leader", "pause", "partition", "isolate-leader", "bridge",
-               "one-way", "delay", "loss", "majority-down")
+PROCESS_KINDS = ("kill", "kill-leader", "pause", "partition", "isolate-leader", "bridge",
+                 "one-way", "delay", "loss", "majority-down")
+FAULT_KINDS = PROCESS_KINDS
+SHARD_KINDS = ("move", "split", "merge", "join", "leave")
+ALL_KINDS = PROCESS_KINDS + SHARD_KINDS
 
 
 @dataclass(slots=True)
@@ -49,6 +62,8 @@ class NemesisSettings:
     """How long the cluster runs healthy between faults."""
     delay_ms: float = 50.0
     loss: float = 0.2
+    split_chars: str = "0m"
+    """First characters of the keys split at (those the workload uses)."""
 
 
 @dataclass(slots=True)
@@ -93,6 +108,8 @@ class Nemesis:
         return lead if lead is not None else self.rng.choice(self.cluster.ids)
 
     def _inject(self, kind: str) -> Callable[[], None]:
+        if kind in SHARD_KINDS:
+            return self._shard_fault(kind)
         c = self.cluster
         ids = list(c.ids)
         if kind in ("kill", "kill-leader"):
@@ -146,6 +163,84 @@ class Nemesis:
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
         return self._heal_network
+
+    # --- shard faults ---------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any] | None:
+        for addr in self.cluster.controller:
+            try:
+                code, doc = self.cluster._request_addr(addr, "GET", "/v1/ctrl/config?num=-1")
+            except (OSError, ValueError):
+                continue
+            if code == 200:
+                cfg: dict[str, Any] = doc["config"]
+                return cfg
+        return None
+
+    def _ctrl(self, op: dict[str, Any]) -> None:
+        try:
+            doc = self.cluster.ctrl(op, timeout_s=20.0)
+            self._say(f"  -> configuration {doc.get('num')}")
+        except Exception as e:  # refused (e.g. a stale plan) or no controller leader
+            self._say(f"  -> not applied: {e}")
+
+    def _plan_apply(self) -> None:
+        for addr in self.cluster.controller:
+            try:
+                code, doc = self.cluster._request_addr(addr, "POST", "/v1/ctrl/plan",
+                                                       {"apply": True}, timeout_s=20.0)
+            except (OSError, ValueError):
+                continue
+            if code == 200:
+                self._say(f"  -> rebalanced: {len(doc['plan']['moves'])} moves, "
+                          f"configuration {doc['num']}")
+                return
+        self._say("  -> rebalance not applied")
+
+    def _shard_fault(self, kind: str) -> Callable[[], None]:
+        cfg = self._config()
+        if cfg is None:
+            self._say(f"{kind}: no controller answered; skipped")
+            return lambda: None
+        ranges = cfg["ranges"]
+        gids = sorted(int(g) for g in cfg["groups"])
+        rng = self.rng
+        if kind == "move" and len(gids) > 1:
+            rid, start, end, gid, _ = rng.choice(ranges)
+            to = rng.choice([g for g in gids if g != gid])
+            self._say(f"move: range {rid} [{start!r}, {end!r}) from group {gid} to {to}")
+            self._ctrl({"op": "move", "key": start, "to": to})
+        elif kind == "split":
+            key = (rng.choice(self.settings.split_chars) + rng.choice("ak")
+                   + str(rng.randint(0, 9)))
+            self._say(f"split at {key!r}")
+            self._ctrl({"op": "split", "key": key})
+        elif kind == "merge":
+            pairs = [ranges[i][1] for i in range(1, len(ranges))
+                     if ranges[i][3] == ranges[i - 1][3]]
+            if not pairs:
+                self._say("merge: no neighbours on one group; skipped")
+            else:
+                key = rng.choice(pairs)
+                self._say(f"merge the range at {key!r} into its left neighbour")
+                self._ctrl({"op": "merge", "key": key})
+        elif kind == "join":
+            self._say("join: rebalance")
+            self._plan_apply()
+        elif kind == "leave" and len(gids) > 1:
+            gid = rng.choice(gids)
+            members = cfg["groups"][str(gid)]
+            self._say(f"leave: group {gid} leaves")
+            self._ctrl({"op": "leave", "gid": gid})
+
+            def rejoin() -> None:
+                self._say(f"join: group {gid} joins again")
+                self._ctrl({"op": "join", "gid": gid, "members": members})
+                self._plan_apply()
+            return rejoin
+        else:
+            self._say(f"{kind}: nothing to do with groups {gids}")
+        return lambda: None
 
     def _partition(self, sides: list[set[int]], kind: str) -> None:
         blocked: dict[int, set[int]] = {i: set() for i in self.cluster.ids}

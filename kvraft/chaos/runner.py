@@ -53,6 +53,8 @@ class ChaosSettings:
     tick_ms: int = 25
     snapshot_entries: int = 300
     """Small, so that runs exercise snapshots, compaction and InstallSnapshot."""
+    groups: int = 1
+    """Data groups (with the controller, on every node); > 1 spreads the keys over them."""
 
 
 @dataclass(slots=True)
@@ -95,8 +97,10 @@ class KeyEpochs:
     Rotating keys keeps values and per-key histories bounded in long runs.
     """
 
-    def __init__(self, prefix: str, count: int, epoch_s: float) -> None:
+    def __init__(self, prefix: str, count: int, epoch_s: float, spread: str = "") -> None:
         self.prefix = prefix
+        self.spread = spread
+        """First characters given to the keys in turn (to spread them over ranges)."""
         self.count = count
         self.epoch_s = epoch_s
         self.t0 = time.monotonic()
@@ -104,7 +108,9 @@ class KeyEpochs:
 
     def current(self) -> list[str]:
         epoch = int((time.monotonic() - self.t0) / self.epoch_s)
-        keys = [f"{self.prefix}{epoch}.{j}" for j in range(self.count)]
+        sp = self.spread
+        keys = [f"{sp[j % len(sp)] if sp else ''}{self.prefix}{epoch}.{j}"
+                for j in range(self.count)]
         self.used.update(keys)
         return keys
 
@@ -163,10 +169,13 @@ async def _final_reads(addrs: list[str], keys: list[str], recorder: HistoryRecor
 
 
 def _append_anomalies(ops: list[Operation], appended: dict[str, str],
-                      final: dict[str, str | None]) -> list[str]:
+                      final: dict[str, str | None],
+                      append_keys: set[str] | None = None) -> list[str]:
     anomalies = []
     for op in ops:
-        if op.op != "append" or not op.key.startswith("a") or op.value is None:
+        is_append_key = (op.key in append_keys) if append_keys is not None \
+            else op.key.startswith("a")
+        if op.op != "append" or not is_append_key or op.value is None:
             continue
         count = (final.get(op.key) or "").count(op.value)
         if op.outcome == "ok" and count != 1:
@@ -195,12 +204,14 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
     own_cluster = cluster is None
     c = cluster or LocalCluster(root, nodes=cfg.nodes, tick_ms=cfg.tick_ms, extra_args=[
         "--snapshot-entries", str(cfg.snapshot_entries),
-        "--snapshot-catchup-entries", str(max(1, cfg.snapshot_entries // 5))])
+        "--snapshot-catchup-entries", str(max(1, cfg.snapshot_entries // 5))],
+        groups=tuple(range(cfg.groups + 1)))
     recorder = HistoryRecorder(cfg.history_path)
     snap_counts: Counter[str] = Counter()
     appended: dict[str, str] = {}
-    mkeys = KeyEpochs("k", cfg.mixed_keys, cfg.mixed_key_epoch_s)
-    akeys = KeyEpochs("a", cfg.append_keys, cfg.append_key_epoch_s)
+    spread = cfg.nemesis.split_chars if cfg.groups > 1 else ""
+    mkeys = KeyEpochs("k", cfg.mixed_keys, cfg.mixed_key_epoch_s, spread)
+    akeys = KeyEpochs("a", cfg.append_keys, cfg.append_key_epoch_s, spread)
     nemesis = Nemesis(c, random.Random(cfg.seed), cfg.nemesis)
     stop = threading.Event()
     try:
@@ -230,7 +241,7 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
         if own_cluster:
             c.stop()
     result = check_history(ops, time_budget_s=cfg.check_budget_s or max(120.0, cfg.duration_s))
-    anomalies = _append_anomalies(ops, appended, final)
+    anomalies = _append_anomalies(ops, appended, final, set(akeys.used))
     return ChaosReport(seed=cfg.seed, outcomes=Counter(o.outcome for o in ops),
                        faults=nemesis.counts, snapshots=snap_counts,
                        verdict=result.verdict, anomalies=anomalies,
