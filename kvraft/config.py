@@ -49,6 +49,11 @@ class SnapshotSettings:
                            minimum=0)
     catchup_entries: int = setting(
         1_000, "Log entries kept below a snapshot for lagging followers.", minimum=0)
+    log_bytes: int = setting(
+        32 << 20, "Also snapshot once this many bytes of entries were applied since the "
+        "last one (bounds the log held in memory); 0 disables.", minimum=0)
+    catchup_bytes: int = setting(
+        4 << 20, "At most this many bytes of log kept below a snapshot.", minimum=0)
     keep: int = setting(2, "Local snapshot files kept per group.", minimum=1)
 
 
@@ -65,6 +70,9 @@ class ReplicaSettings:
     snapshot: SnapshotSettings = field(default_factory=SnapshotSettings)
     inline_apply_max_entries: int = setting(
         8, "Committed entries applied inline (more go to the apply thread).", minimum=0)
+    inline_apply_max_bytes: int = setting(
+        64 << 10, "Largest batch (bytes of entry data) applied inline on the event loop.",
+        minimum=0)
     checkpoint_entries: int = setting(
         500, "Run WAL checkpoints of raft.db and state.db (off the hot path) this often.",
         minimum=1)
@@ -111,6 +119,9 @@ class ShardSettings:
     max_concurrent_pulls: int = setting(2, "Ranges pulled at once per group.", minimum=1)
     step_timeout_s: float = setting(10.0, "Deadline of one migration step (a pull, a check).",
                                     minimum=0, min_open=True)
+    max_copy_bytes_per_s: int = setting(
+        8 << 20, "Bandwidth of range copies into one group (bytes of keys and values per "
+        "second, all its pulls together); 0: unlimited.", minimum=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +291,9 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
     _node("shard_chunk_bytes", "shard.chunk_bytes"),
     _node("shard_gc_batch_keys", "shard.gc_batch_keys"),
     _node("shard_max_concurrent_pulls", "shard.max_concurrent_pulls"),
+    _node("shard_max_copy_bytes_per_s", "shard.max_copy_bytes_per_s"),
+    _node("snapshot_log_bytes", "replica.snapshot.log_bytes"),
+    _node("snapshot_catchup_bytes", "replica.snapshot.catchup_bytes"),
     _node("max_sessions", "max_sessions"),
     _node("history_keep", "history_keep"),
 )

@@ -104,6 +104,7 @@ class ShardDriver:
         self._wake = asyncio.Event()
         self.chunks_installed = 0
         self.bytes_installed = 0
+        self._copy_next = 0.0
 
     def store(self) -> StateStore:
         st = self.r.state
@@ -223,6 +224,7 @@ class ShardDriver:
             if res.status == Status.OK:
                 self.chunks_installed += 1
                 self.bytes_installed += size
+            await self._throttle(size)
             sh = self.store().view()
             cur = None if sh is None or sh.num != num else next(
                 (q for q in sh.pulls if q.range_id == p.range_id and q.start == p.start), None)
@@ -232,6 +234,16 @@ class ShardDriver:
                 self._wake.set()
                 return
             cursor, phase = cur.cursor, cur.phase
+
+    async def _throttle(self, size: int) -> None:
+        """Keep this group's copies under ``max_copy_bytes_per_s`` (all pulls together)."""
+        rate = self.s.max_copy_bytes_per_s
+        if rate <= 0 or size <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        self._copy_next = max(self._copy_next, now) + size / rate
+        if self._copy_next > now:
+            await asyncio.sleep(self._copy_next - now)
 
     # --- deleting what the new owner confirmed -------------------------------------------
 

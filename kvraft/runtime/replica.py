@@ -357,7 +357,9 @@ class Replica:
             # applied right here (no thread hop: lower latency); larger ones go to the
             # state thread while the loop goes on persisting the next batch.
             if (not self._apply_items and not self._applying
-                    and len(rd.committed) <= self.settings.inline_apply_max_entries):
+                    and len(rd.committed) <= self.settings.inline_apply_max_entries
+                    and sum(len(e.data) for e in rd.committed)
+                    <= self.settings.inline_apply_max_bytes):
                 self._applied(rd.committed, self.state.apply_batch(rd.committed))
             else:
                 self._apply_items.append(rd.committed)
@@ -404,7 +406,7 @@ class Replica:
         self.applied_index = batch[-1].index
         self._complete_proposals(batch, results)
         self._release_reads(self.applied_index)
-        self.snapshotter.maybe_take()
+        self.snapshotter.maybe_take(sum(len(e.data) for e in batch))
         self._since_checkpoint += len(batch)
         if self._since_checkpoint >= self.settings.checkpoint_entries:
             self._since_checkpoint = 0

@@ -9,6 +9,7 @@ the group's committed log, so a "yes" is never premature.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from kvraft import errors
@@ -186,13 +187,16 @@ class ShardServiceMixin:
         iv = (opt_str(doc, "start") or "", opt_str(doc, "end"))
         after = opt_str(doc, "after")
         try:
+            loop = asyncio.get_running_loop()
             if doc.get("phase") == "sessions":
                 limit = min(req_int(doc, "limit", 1), MAX_EXPORT_SESSIONS)
-                sc = st.export_sessions(num, iv, to, after, limit)
+                sc = await loop.run_in_executor(None, st.export_sessions, num, iv, to, after,
+                                                limit)
                 return {"sessions": [[c, a, [list(x) for x in rs]] for c, a, rs in sc.sessions],
                         "next_cursor": sc.next_cursor, "last": sc.last}
             max_bytes = min(req_int(doc, "max_bytes", 1), MAX_EXPORT_BYTES)
-            kc = st.export_keys(num, iv, to, after, max_bytes)
+            # read off the event loop: a chunk is up to max_bytes of rows
+            kc = await loop.run_in_executor(None, st.export_keys, num, iv, to, after, max_bytes)
         except NotOwned as e:
             raise errors.NotReady(f"configuration {num} not taken here yet (at {e.num})") from None
         return {"items": [list(kv) for kv in kc.items], "last": kc.last}

@@ -113,6 +113,8 @@ class Snapshotter:
         self.stats = SnapshotStats()
         self.last_index = 0
         self.taking = False
+        self.bytes_since = 0
+        """Bytes of entry data applied since the last snapshot was started."""
         self.streaming: set[int] = set()
         self._lock = asyncio.Lock()
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"snap-g{replica.group_id}")
@@ -126,9 +128,16 @@ class Snapshotter:
 
     # --- taking ----------------------------------------------------------------------
 
-    def maybe_take(self) -> None:
-        n = self.settings.entries
-        if n > 0 and not self.taking and self.r.applied_index - self.last_index >= n:
+    def maybe_take(self, applied_bytes: int = 0) -> None:
+        """Snapshot once ``entries`` entries, or ``log_bytes`` bytes of entry data, were
+        applied since the last snapshot (the byte bound keeps a log of large entries,
+        such as range chunks, from growing in memory)."""
+        self.bytes_since += applied_bytes
+        if self.taking:
+            return
+        n, b = self.settings.entries, self.settings.log_bytes
+        if (n > 0 and self.r.applied_index - self.last_index >= n) or (
+                b > 0 and self.bytes_since >= b):
             self.taking = True
             self._spawn(self._take_logged())
 
@@ -159,8 +168,10 @@ class Snapshotter:
         self.stats.taken += 1
         self.stats.last_take_s = elapsed
         self.stats.max_take_s = max(self.stats.max_take_s, elapsed)
+        self.bytes_since = 0
         if snap.index > core.log.snapshot_index:
-            start = max(core.log.snapshot_index, snap.index - self.settings.catchup_entries)
+            start = max(core.log.snapshot_index, snap.index - self.settings.catchup_entries,
+                        self._catchup_start_by_bytes(core, snap.index))
             term = core.log.term(start)
             assert term is not None
             meta = SnapshotMeta(snap.index, snap.term, snap.conf)
@@ -175,6 +186,20 @@ class Snapshotter:
         log.info("group %d: snapshot at %d (%d bytes) in %.2fs", r.group_id, snap.index,
                  snap.size, elapsed)
         return snap
+
+    def _catchup_start_by_bytes(self, core: RaftCore, index: int) -> int:
+        """The lowest index such that the entries kept below ``index`` hold at most
+        ``catchup_bytes`` bytes of data."""
+        limit = self.settings.catchup_bytes
+        log_ = core.log
+        base = log_.snapshot_index + 1
+        i, total = min(index, log_.last_index()), 0
+        while i >= base:
+            total += len(log_.entries[i - base].data)
+            if total > limit:
+                return i
+            i -= 1
+        return log_.snapshot_index
 
     async def latest_or_take(self) -> LocalSnapshot:
         """The newest local snapshot if it covers everything applied, else a new one."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,6 +119,8 @@ class StateStore:
         self.machine = KVStateMachine(self, gid=gid, max_sessions=max_sessions)
         self._reader: sqlite3.Connection | None = None
         self._view: tuple[int, ShardState | None] = (-1, None)
+        self._local = threading.local()
+        self._export_conns: list[sqlite3.Connection] = []
 
     # --- meta --------------------------------------------------------------------
 
@@ -229,13 +232,14 @@ class StateStore:
         """The committed shard state, inside the caller's read transaction."""
         row = conn.execute("SELECT v FROM meta WHERE k = 'shard_ver'").fetchone()
         ver = int(row[0]) if row else 0
-        if self._view[0] != ver:
-            r = conn.execute("SELECT v FROM meta WHERE k = 'shards'").fetchone()
-            if r is not None:
-                self._view = (ver, ShardState.from_dict(json.loads(r[0])))
-            else:
-                self._view = (ver, None if self.gid is None else ShardState(self.gid))
-        return self._view[1]
+        cached = self._view  # one read: other threads may replace it meanwhile
+        if cached[0] == ver:
+            return cached[1]
+        r = conn.execute("SELECT v FROM meta WHERE k = 'shards'").fetchone()
+        sh = ShardState.from_dict(json.loads(r[0])) if r is not None else (
+            None if self.gid is None else ShardState(self.gid))
+        self._view = (ver, sh)
+        return sh
 
     def view(self) -> ShardState | None:
         """The committed shard state (None: not a sharded group)."""
@@ -305,6 +309,16 @@ class StateStore:
 
     # --- exports to the new owner of a range (any replica that froze it) ---------------
 
+    def _thread_conn(self) -> sqlite3.Connection:
+        """A read-only connection of the calling thread (exports run on worker threads)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+            self._local.conn = conn
+            self._export_conns.append(conn)
+        return conn
+
     def _check_outgoing(self, conn: sqlite3.Connection, num: int, iv: Interval,
                         to_gid: int) -> None:
         sh = self._shard_view(conn)
@@ -319,9 +333,10 @@ class StateStore:
         """The next keys of a frozen outgoing interval after ``after``, bounded in bytes.
 
         Raises NotOwned if this replica has not frozen it yet (retry later) and
-        LookupError if it does not hold it (never had it, or already deleted it).
+        LookupError if it does not hold it (never had it, or already deleted it). Safe to
+        call from any thread (its own connection).
         """
-        conn = self._conn()
+        conn = self._thread_conn()
         conn.execute("BEGIN")
         try:
             self._check_outgoing(conn, num, iv, to_gid)
@@ -344,7 +359,7 @@ class StateStore:
     def export_sessions(self, num: int, iv: Interval, to_gid: int, after: str | None,
                         limit: int) -> SessionChunk:
         """The next client sessions after client id ``after``, cut to ``iv``'s results."""
-        conn = self._conn()
+        conn = self._thread_conn()
         conn.execute("BEGIN")
         try:
             self._check_outgoing(conn, num, iv, to_gid)
@@ -368,6 +383,9 @@ class StateStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        for c in self._export_conns:
+            c.close()
+        self._export_conns.clear()
         self.conn.close()
 
 
