@@ -16,7 +16,7 @@ start)
   rm -rf "$BASE"; mkdir -p "$BASE"
   for i in 1 2 3; do
     KVRAFT_SECRET=bench nohup "$PY" -m kvraft serve --id $i --listen 127.0.0.1:710$i $PEERS $GROUPS_ARGS \
-      --data-dir "$BASE/n$i" --log-level warning > "$BASE/n$i.log" 2>&1 &
+      --data-dir "$BASE/n$i" --log-level warning ${EXTRA_ARGS:-} > "$BASE/n$i.log" 2>&1 &
     echo $! > "$BASE/n$i.pid"
   done
   for t in $(seq 1 60); do
@@ -38,9 +38,12 @@ PYEOF
     sleep 0.25
   done
   echo "no leader elected" >&2; exit 1 ;;
-leader)
+leader)  # the leader of data group ${GROUP:-1}
   for i in 1 2 3; do
-    curl -s --max-time 1 "http://127.0.0.1:710$i/v1/status" | grep -q '"role": "leader"' \
+    curl -s --max-time 1 "http://127.0.0.1:710$i/v1/status" | "$PY" -c '
+import json, sys
+g = json.load(sys.stdin).get("groups", {}).get(sys.argv[1], {})
+sys.exit(0 if g.get("role") == "leader" else 1)' "${GROUP:-1}" 2>/dev/null \
       && { echo "127.0.0.1:710$i"; exit 0; }
   done; exit 1 ;;
 stop)

@@ -326,6 +326,7 @@ class AsyncClient:
         maybe_applied = False
         last_error = "no node answered"
         backoff = 0.01
+        wrong = 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -370,10 +371,12 @@ class AsyncClient:
                     last_error = f"{addr} redirected to leader {a.leader}"
                     continue
                 if code == "wrong_group":
-                    # Rule 3: a group behind our map is lagging (retry it); otherwise our
-                    # map is stale (refresh it).
+                    # Rule 3: a group at or behind our map is lagging or still pulling:
+                    # retry it (and look at the map again now and then); a group ahead
+                    # of our map means the map is stale: refresh it.
                     last_error = f"{addr}: wrong_group at configuration {a.body.get('num')}"
-                    if int(a.body.get("num", 0)) >= num:
+                    wrong += 1
+                    if int(a.body.get("num", 0)) > num or wrong % 8 == 0:
                         with _suppress_unavailable():
                             await self._refresh_map(num)
                     await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
@@ -382,7 +385,7 @@ class AsyncClient:
                 if a.status in (400, 413):
                     cls = errors.TooLarge if a.status == 413 else errors.InvalidArgument
                     raise cls(a.body.get("message", code))
-                if a.status == 409:
+                if a.status == 409 and code == "session_expired":
                     if not maybe_applied:
                         raise _SessionLost(a.body.get("message", code))
                     raise errors.SessionExpired(a.body.get("message", code))

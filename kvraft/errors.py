@@ -65,6 +65,10 @@ class NotReady(Unavailable):
     """The node cannot answer yet (for example a range not frozen here yet); retry."""
 
 
+class Gone(KvraftError):
+    """What was asked for is no longer (or never was) held here, and will not be."""
+
+
 class SessionExpired(OutcomeUnknown):
     """The server no longer remembers this client's session."""
 
@@ -74,6 +78,7 @@ class ServerError(KvraftError):
 
 
 __all__ = [
+    "Gone",
     "InvalidArgument",
     "KvraftError",
     "NotFound",

@@ -94,3 +94,55 @@ async def test_broken_invariant_stops_the_replica_loudly(tmp_path: Path,
         assert replica.state.read("after") is None, "a failed replica stored a write"
     finally:
         await node.stop()
+
+
+async def test_operator_and_client_routes_refuse_bad_input(tmp_path: Path) -> None:
+    """Before any data group joined a key is refused (never sent to the controller), and
+    malformed controller and scan requests are 4xx, never 500."""
+    import aiohttp
+
+    addr = f"127.0.0.1:{free_port()}"
+    node = Node(NodeConfig(node_id=1, listen=addr, peers={1: addr}, data_dir=tmp_path / "n1",
+                           secret="s", groups=(0, 1)))
+    await node.start()
+    try:
+        await _wait_until_leader(node)
+        ctrl = node.replicas[0]
+        deadline = asyncio.get_running_loop().time() + 30
+        while ctrl.soft.role != Role.LEADER:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        h = {"X-Kvraft-Secret": "s"}
+        assert ctrl.core is not None
+        before = ctrl.core.log.last_index()
+        async with aiohttp.ClientSession() as http:
+            async with http.put(f"http://{addr}/v1/kv/k", data=b"v") as r:
+                assert r.status == 421 and (await r.json())["error"] == "wrong_group"
+            assert ctrl.core.log.last_index() == before  # nothing reached the controller log
+            bad = [{"op": "join", "gid": 2**64, "members": {"1": addr}},
+                   {"op": "join", "gid": 1, "members": {str(2**64): addr}},
+                   {"op": "join", "gid": 1, "members": {"1": "nohost"}},
+                   {"op": "move", "range": 1, "to": 2**63},
+                   {"op": "split", "key": "\ud800"},
+                   {"op": "split", "key": 5},
+                   {"op": "split", "key": "x" * 5000},
+                   {"op": "nope"}, [1, 2]]
+            for doc in bad:
+                async with http.post(f"http://{addr}/v1/ctrl/command", json=doc,
+                                     headers=h) as r:
+                    assert 400 <= r.status < 500, (doc, r.status, await r.text())
+            async with http.post(f"http://{addr}/v1/ctrl/command", data=b"\xff\xfe",
+                                 headers=h) as r:
+                assert r.status == 400
+            async with http.post(f"http://{addr}/v1/ctrl/command",
+                                 json={"op": "split", "key": "m"}) as r:
+                assert r.status == 401  # no secret: nothing happens
+            for q in ("limit=0", "limit=x", "num=-5", "start=%ED%A0%80"):
+                async with http.get(f"http://{addr}/v1/scan?{q}") as r:
+                    assert 400 <= r.status < 500, (q, r.status)
+            async with http.get(f"http://{addr}/v1/ctrl/config?num=99") as r:
+                assert r.status == 404
+            async with http.get(f"http://{addr}/v1/ctrl/config?num=-1") as r:
+                assert (await r.json())["config"]["num"] == 0  # the refusals changed nothing
+    finally:
+        await node.stop()

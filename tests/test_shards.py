@@ -230,3 +230,51 @@ def test_garbage_shard_commands_are_refused() -> None:
         assert m.apply(1, data).status == Status.BAD_COMMAND
     bad_cfg = ShardCommand(ShardOp.CONFIG, 1, config={"num": 1}).encode()
     assert m.apply(2, bad_cfg).status == Status.STALE
+
+
+def test_moving_a_range_does_not_evict_the_new_owners_sessions() -> None:
+    """Imported sessions are the least recently used: a client of the destination keeps
+    its session, so its retried first write is still answered, not applied twice."""
+    c = Cluster()
+    for g in (1, 2):
+        c.m[g].max_sessions = 3
+    c.catch_up(1)
+    c.catch_up(2)
+    n = c.op(CtrlCommand(CtrlOp.SPLIT, key="m")).num
+    c.catch_up(1)
+    c.catch_up(2)
+    right = c.ctrl.latest().range_for("m").id
+    n = c.op(CtrlCommand(CtrlOp.MOVE, gid=2, range_id=right)).num
+    c.catch_up(1)
+    c.catch_up(2)
+    c.pull_all(2)
+    # group 2 serves ["m", ...) now; a client of group 2 writes (first write: ack_below 1)
+    w = Command(Op.APPEND, "q", "+1", "mine.2", 1, 1).encode()
+    assert c.apply(2, w).status == Status.OK
+    # five clients of group 1 write to its range; that range then moves to group 2,
+    # and their sessions (they hold results there) move with it
+    for i in range(5):
+        assert _put(c, 1, f"b{i}", "v", cid=f"other{i}.1", seq=1).status == Status.OK
+    left = c.ctrl.latest().range_for("a").id
+    c.op(CtrlCommand(CtrlOp.MOVE, gid=2, range_id=left))
+    c.catch_up(1)
+    c.catch_up(2)
+    c.pull_all(2)
+    assert c.m[2].backend.session("mine.2") is not None  # not evicted by the imports
+    assert c.apply(2, w).status == Status.OK  # the retry is answered from the session
+    b2 = c.m[2].backend
+    assert isinstance(b2, MemoryBackend) and b2.data["q"] == "+1"
+    assert n > 0
+
+
+def test_scan_is_bounded_by_bytes(tmp_path: Any) -> None:
+    from kvraft.raft.types import Entry
+    from kvraft.storage.statedb import StateStore
+
+    s = StateStore(tmp_path / "state.db")
+    s.apply_batch([Entry(i + 1, 1, Command(Op.PUT, f"k{i:03d}", "x" * 1000).encode())
+                   for i in range(100)])
+    items, end, _ = s.scan_owned("", None, 1000, max_bytes=10_000)
+    assert 9 <= len(items) <= 11 and end is None
+    assert [k for k, _ in items] == [f"k{i:03d}" for i in range(len(items))]
+    s.close()

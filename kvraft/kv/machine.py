@@ -221,14 +221,15 @@ class KVStateMachine:
         cid, ack_below, results = rec
         s = self.backend.session(cid)
         if s is None:
-            s = Session(ack_below=ack_below, last_index=index)
+            # An imported session is the least recently used one here: importing must not
+            # evict the sessions of clients that write to this group.
+            s = Session(ack_below=ack_below, last_index=0)
         s.ack_below = max(s.ack_below, ack_below)
         for seq, status, existed, key in results:
             if seq >= s.ack_below and seq not in s.results and in_interval(key, iv):
                 s.results[seq] = Result(Status(status), existed)
                 s.keys[seq] = key
         s.prune()
-        s.last_index = index
         self.backend.save_session(cid, s)
         self.backend.evict_sessions(self.max_sessions)
 

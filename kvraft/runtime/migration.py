@@ -55,6 +55,8 @@ class ConfigSource:
         self._cache: OrderedDict[int, Configuration] = OrderedDict()
         self._size = cache_size
         self.errors = 0
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = -1e9
 
     def _keep(self, cfg: Configuration) -> None:
         self._cache[cfg.num] = cfg
@@ -77,12 +79,21 @@ class ConfigSource:
         self._keep(cfg)
         return cfg
 
-    async def refresh(self, timeout_s: float = 3.0) -> Configuration:
-        try:
-            await self.get(-1, timeout_s)
-        except (errors.KvraftError, ValueError, KeyError) as e:
-            self.errors += 1
-            log.debug("controller query failed: %s", e)
+    async def refresh(self, timeout_s: float = 3.0, min_interval_s: float = 0.05
+                      ) -> Configuration:
+        """Ask the controller for its latest configuration. Concurrent callers share one
+        query, and a query answered less than ``min_interval_s`` ago is reused, so a
+        burst of refused requests does not become a burst of controller reads."""
+        async with self._refresh_lock:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._refreshed_at < min_interval_s:
+                return self.latest
+            try:
+                await self.get(-1, timeout_s)
+            except (errors.KvraftError, ValueError, KeyError) as e:
+                self.errors += 1
+                log.debug("controller query failed: %s", e)
+            self._refreshed_at = loop.time()
         return self.latest
 
     def note(self, cfg: Configuration) -> None:
@@ -174,12 +185,18 @@ class ShardDriver:
         return await self.r.propose(cmd.encode(), timeout_s=self.s.step_timeout_s)
 
     async def _members(self, gid: int, num: int) -> list[str]:
-        """Addresses of ``gid`` as of configuration ``num`` (else the latest we know)."""
-        for n in (num, -1):
-            cfg = await self.configs.get(n)
-            if cfg is not None and cfg.members(gid):
-                return [a for _, a in sorted(cfg.members(gid).items())]
-        raise errors.Unavailable(f"no known members of group {gid}")
+        """Addresses of ``gid``: its members in the newest configuration we know, then
+        those of configuration ``num`` (a group that left is only in older ones).
+
+        Called again after every failed call, so a group whose members changed is found.
+        """
+        out: list[str] = []
+        for cfg in (self.configs.latest, await self.configs.get(num)):
+            if cfg is not None:
+                out += [a for _, a in sorted(cfg.members(gid).items()) if a not in out]
+        if not out:
+            raise errors.Unavailable(f"no known members of group {gid}")
+        return out
 
     def _leading(self) -> bool:
         return self.r.soft.role == Role.LEADER and not self.r.failed.done()
@@ -198,11 +215,14 @@ class ShardDriver:
             try:
                 doc = await self.caller.call(members, "POST", "/v1/internal/pull", body=req,
                                              timeout_s=self.s.step_timeout_s)
-            except (errors.NotReady, errors.Unavailable, LookupError) as e:
+            except (errors.NotReady, errors.Unavailable, errors.Gone) as e:
                 log.debug("group %d: pull of %r from group %d: %s", self.gid, p.start,
                           p.src_gid, e)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
+                if not isinstance(e, errors.NotReady):
+                    await self.configs.refresh()
+                    members = await self._members(p.src_gid, num - 1)
                 continue
             backoff = self.s.poll_interval_s
             if phase == KEYS:
@@ -256,8 +276,10 @@ class ShardDriver:
                                              body=body, timeout_s=self.s.step_timeout_s)
                 if doc.get("installed") is True:
                     break
-            except (errors.KvraftError, LookupError) as e:
+            except errors.KvraftError as e:
                 log.debug("group %d: installed? %s", self.gid, e)
+                await self.configs.refresh()
+                members = await self._members(og.to_gid, og.num)
             await asyncio.sleep(self.s.poll_interval_s * 2)
         while self._leading():
             await self._propose(ShardCommand(ShardOp.GC, og.num, start=og.start, end=og.end,

@@ -164,6 +164,9 @@ class Node(ShardServiceMixin):
             if gid != CONTROLLER:
                 self.drivers[gid] = ShardDriver(replica, self.configs, self.caller,
                                                cfg.settings.shard)
+                view = self._kv_store(replica).view()
+                if view is not None:  # route by what this group has taken until we hear more
+                    self.configs.note(view.config)
         for peer, addr in cfg.peers.items():
             if peer != cfg.node_id:
                 self.transport.set_peer(peer, addr)
@@ -307,12 +310,20 @@ class Node(ShardServiceMixin):
 
     # --- KVService ---------------------------------------------------------------------
 
-    def _route(self, key: str, num: int) -> Replica:
+    async def _route(self, key: str, num: int) -> Replica:
         """The hosted replica of the group owning ``key``; redirects to another group."""
         if num > self.configs.latest.num:
             self._hint_newer()
         cfg = self.configs.latest
         gid = cfg.range_for(key).gid
+        if gid == CONTROLLER or num > cfg.num:  # our view may be old: ask the controller
+            with contextlib.suppress(Exception):
+                cfg = await asyncio.wait_for(self.configs.refresh(), 1.0)
+            gid = cfg.range_for(key).gid
+        if gid == CONTROLLER:  # unassigned: no group serves it (or this node's view is new)
+            raise errors.WrongGroup(f"no group serves {key!r} at configuration {cfg.num} "
+                                    "(the cluster has no data group yet, or this node has "
+                                    "not heard from the controller)", num=cfg.num)
         r = self.replicas.get(gid)
         if r is not None:
             return r
@@ -348,7 +359,7 @@ class Node(ShardServiceMixin):
         return st
 
     async def get(self, key: str, *, timeout_s: float, num: int = 0) -> str | None:
-        r = self._route(key, num)
+        r = await self._route(key, num)
         await r.read_barrier(timeout_s=timeout_s)
         try:
             return self._kv_store(r).read_owned(key)
@@ -356,7 +367,7 @@ class Node(ShardServiceMixin):
             raise await self._wrong_group(key, e.num, r.group_id) from None
 
     async def write(self, cmd: Command, *, timeout_s: float) -> Result:
-        r = self._route(cmd.key, cmd.num)
+        r = await self._route(cmd.key, cmd.num)
         res: Result = await r.propose(cmd.encode(), timeout_s=timeout_s)
         if res.status == Status.WRONG_GROUP:
             raise await self._wrong_group(cmd.key, res.num, r.group_id)

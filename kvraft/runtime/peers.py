@@ -4,7 +4,7 @@
 tries the last leader it saw for that group first, follows ``307`` redirects to the
 leader, and moves on to the next member on connection errors, until a deadline. An
 answer is returned as the JSON document of a 200; other statuses become the
-exceptions of ``kvraft.errors`` (``NotReady`` for 409, ``LookupError`` for 410,
+exceptions of ``kvraft.errors`` (``NotReady`` for 409, ``Gone`` for 410,
 ``WrongGroup`` for 421, ``NotFound`` for 404).
 """
 
@@ -84,7 +84,7 @@ class GroupCaller:
         if status == 409 and doc.get("error") == "not_ready":
             raise errors.NotReady(msg)
         if status == 410:
-            raise LookupError(msg)
+            raise errors.Gone(msg)
         if status == 421:
             raise errors.WrongGroup(msg, num=int(doc.get("num", 0)))
         if status == 404:

@@ -18,7 +18,7 @@ from kvraft.ctrler.machine import CtrlCommand, CtrlOp, CtrlResult
 from kvraft.ctrler.rebalance import RangeSize, plan
 from kvraft.storage.ctrlstate import ControllerStore
 from kvraft.storage.statedb import NotOwned, StateStore
-from kvraft.transport.shard_api import opt_str, req_int
+from kvraft.transport.shard_api import MAX_ID, opt_str, req_int
 
 if TYPE_CHECKING:
     from kvraft.runtime.migration import ConfigSource
@@ -78,10 +78,11 @@ class ShardServiceMixin:
 
     async def scan(self, start: str, end: str | None, limit: int, *, timeout_s: float,
                    num: int) -> dict[str, Any]:
-        r = self._route(start, num)  # type: ignore[attr-defined]
+        r = await self._route(start, num)  # type: ignore[attr-defined]
         await r.read_barrier(timeout_s=timeout_s)
         try:
-            items, range_end, gnum = self._data(r.group_id).scan_owned(start, end, limit)
+            items, range_end, gnum = await asyncio.get_running_loop().run_in_executor(
+                None, self._data(r.group_id).scan_owned, start, end, limit)
         except NotOwned as e:
             raise await self._wrong_group(start, e.num, r.group_id) from None  # type: ignore[attr-defined]
         return {"items": [list(kv) for kv in items], "range_end": range_end, "num": gnum,
@@ -117,10 +118,12 @@ class ShardServiceMixin:
                 ms = tuple(sorted((int(k), str(v)) for k, v in members.items()))
             except ValueError:
                 raise errors.InvalidArgument("member ids must be integers") from None
-            for _, a in ms:
+            for nid, a in ms:
                 host, sep, port = a.rpartition(":")
-                if not sep or not host or not port.isdigit():
+                if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                     raise errors.InvalidArgument(f"bad member address {a!r}")
+                if not 1 <= nid <= MAX_ID:
+                    raise errors.InvalidArgument(f"bad member id {nid}")
             return CtrlCommand(op, gid=req_int(doc, "gid", 1), members=ms)
         if op == CtrlOp.LEAVE:
             return CtrlCommand(op, gid=req_int(doc, "gid", 1))
@@ -160,7 +163,7 @@ class ShardServiceMixin:
             try:
                 doc = await self.caller.call(members, "GET", "/v1/internal/stats",
                                              params={"gid": str(gid)}, timeout_s=timeout_s)
-            except (errors.KvraftError, LookupError):
+            except errors.KvraftError:
                 continue
             for row in doc.get("ranges", []):
                 sizes[int(row["range"])] = RangeSize(int(row["keys"]), int(row["bytes"]))
@@ -209,4 +212,6 @@ class ShardServiceMixin:
         return {"installed": view is not None and view.installed(num, iv)}
 
     async def range_stats(self, gid: int) -> dict[str, Any]:
-        return {"gid": gid, "ranges": self._data(gid).range_stats()}
+        st = self._data(gid)
+        return {"gid": gid, "ranges": await asyncio.get_running_loop().run_in_executor(
+            None, st.range_stats)}

@@ -241,11 +241,17 @@ def export_sessions(backend: MemoryBackend, sh: ShardState, num: int, iv: Interv
                     ) -> tuple[list[SessionRecord], str | None, bool]:
     """``StateStore.export_sessions`` over a MemoryBackend: (records, next_cursor, last)."""
     _check_outgoing(sh, num, iv, to_gid)
-    cids = sorted(c for c in backend.sessions if c > (after or ""))[: limit + 1]
-    last = len(cids) <= limit
-    cids = cids[:limit]
-    recs = [export_session(c, backend.sessions[c], iv) for c in cids]
-    return recs, (cids[-1] if cids else after), last
+    recs: list[SessionRecord] = []
+    cursor, last = after, True
+    for c in sorted(c for c in backend.sessions if c > (after or "")):
+        if len(recs) >= limit:
+            last = False
+            break
+        cursor = c
+        rec = export_session(c, backend.sessions[c], iv)
+        if rec[2]:  # only sessions with results in the interval move, as in statedb
+            recs.append(rec)
+    return recs, cursor, last
 
 
 # --- broken shard states (tests) ---------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgpack
 
+from kvraft import errors
 from kvraft.kv.machine import KVStateMachine, Result, Session, Status, export_session
 from kvraft.kv.shardcmd import SessionRecord
 from kvraft.kv.shards import Interval, ShardState
@@ -253,6 +254,17 @@ class StateStore:
     def read_owned(self, key: str) -> str | None:
         """Read ``key`` if this group serves it; raises NotOwned otherwise."""
         conn = self._conn()
+        # Fast path: one statement reads the shard state's version and the value from one
+        # snapshot of the database; if that version is the cached view, decide with it.
+        ver_s, value = conn.execute(
+            "SELECT (SELECT v FROM meta WHERE k = 'shard_ver'), "
+            "(SELECT v FROM kv WHERE k = ?)", (key,)).fetchone()
+        cached = self._view
+        if cached[0] == (int(ver_s) if ver_s is not None else 0):
+            sh = cached[1]
+            if sh is not None and sh.serving_range(key) is None:
+                raise NotOwned(sh.num)
+            return None if value is None else str(value)
         conn.execute("BEGIN")
         try:
             sh = self._shard_view(conn)
@@ -263,13 +275,15 @@ class StateStore:
             conn.execute("COMMIT")
         return None if row is None else str(row[0])
 
-    def scan_owned(self, start: str, end: str | None, limit: int
+    def scan_owned(self, start: str, end: str | None, limit: int, max_bytes: int = 4 << 20
                    ) -> tuple[list[tuple[str, str]], str | None, int]:
-        """Keys in [start, end) within the served range holding ``start`` (rule 9).
+        """Keys in [start, end) within the served range holding ``start`` (rule 9), at
+        most ``limit`` of them and about ``max_bytes`` of keys and values.
 
         Returns (items, the end of that range, configuration number); raises NotOwned.
+        Safe to call from any thread (its own connection).
         """
-        conn = self._conn()
+        conn = self._thread_conn()
         conn.execute("BEGIN")
         try:
             sh = self._shard_view(conn)
@@ -283,15 +297,23 @@ class StateStore:
                 if range_end is not None and (end is None or range_end < end):
                     end = range_end
             where, args = _range_sql(start, end)
-            rows = conn.execute(f"SELECT k, v FROM kv WHERE {where} ORDER BY k LIMIT ?",
-                                (*args, limit)).fetchall()
+            items: list[tuple[str, str]] = []
+            size = 0
+            for k, v in conn.execute(f"SELECT k, v FROM kv WHERE {where} ORDER BY k LIMIT ?",
+                                     (*args, limit)):
+                items.append((str(k), str(v)))
+                size += len(k) + len(v)
+                if size >= max_bytes:
+                    break
         finally:
             conn.execute("COMMIT")
-        return [(str(k), str(v)) for k, v in rows], range_end, num
+        return items, range_end, num
 
     def range_stats(self) -> list[dict[str, Any]]:
-        """Keys and bytes of every range this group serves (for the rebalance planner)."""
-        conn = self._conn()
+        """Keys and bytes of every range this group serves (for the rebalance planner).
+
+        Scans the ranges: call it from a worker thread (its own connection)."""
+        conn = self._thread_conn()
         conn.execute("BEGIN")
         try:
             sh = self._shard_view(conn)
@@ -325,7 +347,7 @@ class StateStore:
         if sh is None or sh.num < num:
             raise NotOwned(-1 if sh is None else sh.num)
         if sh.outgoing_for(num, iv, to_gid) is None:
-            raise LookupError(f"interval {iv} of configuration {num} is not held for "
+            raise errors.Gone(f"interval {iv} of configuration {num} is not held for "
                               f"group {to_gid}")
 
     def export_keys(self, num: int, iv: Interval, to_gid: int, after: str | None,
@@ -333,7 +355,7 @@ class StateStore:
         """The next keys of a frozen outgoing interval after ``after``, bounded in bytes.
 
         Raises NotOwned if this replica has not frozen it yet (retry later) and
-        LookupError if it does not hold it (never had it, or already deleted it). Safe to
+        ``errors.Gone`` if it does not hold it (never had it, or already deleted it). Safe to
         call from any thread (its own connection).
         """
         conn = self._thread_conn()
@@ -357,23 +379,35 @@ class StateStore:
         return KeyChunk(items, last)
 
     def export_sessions(self, num: int, iv: Interval, to_gid: int, after: str | None,
-                        limit: int) -> SessionChunk:
-        """The next client sessions after client id ``after``, cut to ``iv``'s results."""
+                        limit: int, max_bytes: int = 1 << 20) -> SessionChunk:
+        """The sessions after client id ``after`` that hold results for keys in ``iv``,
+        cut to those results (at most ``limit`` sessions and about ``max_bytes``).
+
+        A session without results in ``iv`` has nothing a retry there could need: a
+        write that was applied here has its result here until the client acknowledged it.
+        """
         conn = self._thread_conn()
         conn.execute("BEGIN")
         try:
             self._check_outgoing(conn, num, iv, to_gid)
-            rows = conn.execute(
+            cur = conn.execute(
                 "SELECT client_id, ack_below, last_index, results FROM sessions "
-                "WHERE client_id > ? ORDER BY client_id LIMIT ?",
-                (after or "", limit + 1)).fetchall()
+                "WHERE client_id > ? ORDER BY client_id", (after or "",))
+            recs: list[SessionRecord] = []
+            size, scanned, last, cursor = 0, 0, True, after
+            for cid, ack, li, blob in cur:
+                if len(recs) >= limit or (recs and size >= max_bytes) or scanned >= 50_000:
+                    last = False
+                    break
+                scanned += 1
+                cursor = str(cid)
+                rec = export_session(str(cid), _decode_session(ack, li, blob), iv)
+                if rec[2]:
+                    recs.append(rec)
+                    size += len(cid) + sum(16 + len(r[3]) for r in rec[2])
         finally:
             conn.execute("COMMIT")
-        last = len(rows) <= limit
-        rows = rows[:limit]
-        recs = [export_session(str(cid), _decode_session(ack, li, blob), iv)
-                for cid, ack, li, blob in rows]
-        return SessionChunk(recs, str(rows[-1][0]) if rows else after, last)
+        return SessionChunk(recs, cursor, last)
 
     def checkpoint(self) -> None:
         """Checkpoint the WAL (see :func:`kvraft.storage.sqlite_util.checkpoint`)."""
@@ -392,10 +426,9 @@ class StateStore:
 def _range_sql(start: str, end: str | None, after: str | None = None
                ) -> tuple[str, tuple[str, ...]]:
     """A WHERE clause for keys in [start, end) (and > after), binary collation."""
+    where, args = "k >= ?", [start]
     if after is not None:
-        where, args = "k > ?", [after]
-    else:
-        where, args = "k >= ?", [start]
+        where, args = "k >= ? AND k > ?", [start, after]
     if end is not None:
         where += " AND k < ?"
         args.append(end)

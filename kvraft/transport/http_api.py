@@ -74,7 +74,7 @@ def error_response(exc: BaseException, request: web.Request | None = None) -> we
         return _json(421, body)
     if isinstance(exc, errors.NotReady):
         return _json(409, {"error": "not_ready", "message": msg})
-    if isinstance(exc, LookupError):
+    if isinstance(exc, errors.Gone):
         return _json(410, {"error": "gone", "message": msg})
     if isinstance(exc, errors.NotFound):
         return _json(404, {"error": "not_found", "message": msg})

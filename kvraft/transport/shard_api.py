@@ -61,17 +61,30 @@ def _json(status: int, body: dict[str, Any]) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
 
 
+MAX_ID = 2**63 - 1
+MAX_KEY_BYTES = 4096
+
+
 def opt_str(doc: dict[str, Any], name: str) -> str | None:
+    """An optional string field that is a valid key (UTF-8, at most 4 KiB)."""
     v = doc.get(name)
-    if v is not None and not isinstance(v, str):
+    if v is None:
+        return None
+    if not isinstance(v, str):
         raise errors.InvalidArgument(f"{name} must be a string or null")
+    try:
+        size = len(v.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise errors.InvalidArgument(f"{name} is not valid UTF-8") from None
+    if size > MAX_KEY_BYTES:
+        raise errors.TooLarge(f"{name} longer than {MAX_KEY_BYTES} bytes")
     return v
 
 
-def req_int(doc: dict[str, Any], name: str, lo: int = 0) -> int:
+def req_int(doc: dict[str, Any], name: str, lo: int = 0, hi: int = MAX_ID) -> int:
     v = doc.get(name)
-    if type(v) is not int or v < lo:
-        raise errors.InvalidArgument(f"{name} must be an integer >= {lo}")
+    if type(v) is not int or not lo <= v <= hi:
+        raise errors.InvalidArgument(f"{name} must be an integer in {lo}..{hi}")
     return v
 
 
@@ -136,22 +149,35 @@ class ShardAPI:
             raise errors.InvalidArgument(f"{name} must be in {lo}..{hi}")
         return v
 
+    @staticmethod
+    def _qint_header(request: web.Request) -> int:
+        raw = request.headers.get("X-Kvraft-Config", "0")
+        try:
+            v = int(raw)
+        except ValueError:
+            raise errors.InvalidArgument("X-Kvraft-Config must be an integer") from None
+        if not 0 <= v <= MAX_ID:
+            raise errors.InvalidArgument("X-Kvraft-Config out of range")
+        return v
+
     async def handle_shards(self, request: web.Request) -> web.StreamResponse:
         fresh = request.query.get("fresh", "") in ("1", "true", "yes")
         return _json(200, await self.service.shard_map(fresh=fresh))
 
     async def handle_scan(self, request: web.Request) -> web.StreamResponse:
-        start = request.query.get("start", "")
-        end = request.query.get("end") or None
+        start = opt_str({"start": request.query.get("start", "")}, "start") or ""
+        end = opt_str({"end": request.query.get("end") or None}, "end")
         limit = self._qint(request, "limit", 1000, 1, MAX_SCAN_LIMIT)
-        num = self._qint(request, "num", 0, 0, 2**62)
+        num = self._qint(request, "num", 0, 0, MAX_ID)
+        if "num" not in request.query:
+            num = self._qint_header(request)
         if end is not None and end <= start:
             return _json(200, {"items": [], "range_end": end, "num": 0})
         return _json(200, await self.service.scan(start, end, limit, timeout_s=self.timeout_s,
                                                   num=num))
 
     async def handle_config(self, request: web.Request) -> web.StreamResponse:
-        num = self._qint(request, "num", -1, -1, 2**62)
+        num = self._qint(request, "num", -1, -1, MAX_ID)
         return _json(200, await self.service.ctrl_query(num, timeout_s=self.timeout_s))
 
     async def handle_command(self, request: web.Request) -> web.StreamResponse:
@@ -172,5 +198,5 @@ class ShardAPI:
         return _json(200, await self.service.range_installed(await self._body(request)))
 
     async def handle_stats(self, request: web.Request) -> web.StreamResponse:
-        gid = self._qint(request, "gid", -1, 1, 2**31)
+        gid = self._qint(request, "gid", -1, 1, MAX_ID)
         return _json(200, await self.service.range_stats(gid))
