@@ -23,11 +23,16 @@ $PY "$here/snapshot_size.py" upload "$D/src" --endpoint-url "http://127.0.0.1:$P
 PEERS="--peer 1=127.0.0.1:7201 --peer 2=127.0.0.1:7202 --peer 3=127.0.0.1:7203"
 for i in 1 2 3; do
   $PY -m kvraft restore $S3 --id $i --data-dir "$D/n$i" > /dev/null 2>&1
-  KVRAFT_SECRET=s $PY -m kvraft serve --id $i --listen 127.0.0.1:720$i $PEERS --data-dir "$D/n$i" \
+  KVRAFT_SECRET=s $PY -m kvraft serve --id $i --listen 127.0.0.1:720$i $PEERS --group 0 --group 1 --data-dir "$D/n$i" \
     --snapshot-entries ${SNAP_ENTRIES:-20000} --log-level warning > "$D/n$i.log" 2>&1 &
   PIDS="$PIDS $!"
 done
 A=127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
+# the restored data group takes its first configuration (it owns every key) from a new controller
+$PY -c '
+from kvraft.bootstrap import bootstrap, wait_groups_at
+a = ["127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"]
+wait_groups_at(a, [1], bootstrap(a, "s", {1: {i: x for i, x in enumerate(a, 1)}}, splits=[]))'
 for t in $(seq 1 60); do $PY -m kvraft get k000000000000000 --addr $A > /dev/null 2>&1 && break; sleep 0.5; done
 echo "== write load: 60000 puts at c=16 over 1M keys, snapshots every 20000 entries"
 $PY -m kvraft bench --addr $A --n 60000 -c 16 --keys 1000000 --json

@@ -116,6 +116,8 @@ class ShardDriver:
         self.chunks_installed = 0
         self.bytes_installed = 0
         self._copy_next = 0.0
+        self.stranded = ""
+        """Why this group cannot take its next configuration, if it cannot ever."""
 
     def store(self) -> StateStore:
         st = self.r.state
@@ -162,6 +164,18 @@ class ShardDriver:
                     self._spawn(self._pulls, k, self._pull(sh.num, p))
             return
         nxt = await self.configs.get(sh.num + 1)
+        if nxt is None and self.configs.latest.num > sh.num + 1:
+            # The controller made it but no longer keeps it (its history is bounded):
+            # this group cannot walk through the configurations it missed. Say so loudly.
+            if not self.stranded:
+                log.error("group %d: configuration %d is no longer kept by the controller "
+                          "(latest %d); this group cannot catch up — raise --history-keep "
+                          "on the controller or replace the group", self.gid, sh.num + 1,
+                          self.configs.latest.num)
+            self.stranded = (f"configuration {sh.num + 1} is no longer kept by the "
+                             "controller; this group cannot catch up")
+            return
+        self.stranded = ""
         if nxt is None or not sh.can_take(nxt):
             return  # not made yet, or it gives back a range not confirmed yet (see gc)
         res = await self._propose(ShardCommand(ShardOp.CONFIG, nxt.num, config=nxt.to_dict()))

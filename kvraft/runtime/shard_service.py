@@ -65,6 +65,9 @@ class ShardServiceMixin:
             view = st.view()
             if view is not None:
                 doc["shards"] = view.view()
+                driver = getattr(self, "drivers", {}).get(gid)
+                if driver is not None and driver.stranded:
+                    doc["shards"]["error"] = driver.stranded
         elif isinstance(st, ControllerStore):
             doc["controller"] = {"config": st.latest().num}
         return doc
