@@ -19,8 +19,8 @@ from pathlib import Path
 
 from kvraft.ctrler.config import Configuration
 from kvraft.ctrler.machine import ControllerMachine, CtrlResult
-from kvraft.raft.types import ConfState, Entry, EntryKind
-from kvraft.storage.raftlog import conf_from_json, conf_to_json
+from kvraft.raft.types import Entry, EntryKind
+from kvraft.storage.metadb import MetaTable
 from kvraft.storage.sqlite_util import checkpoint, open_wal, transaction
 from kvraft.storage.statedb import CorruptState
 
@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT RO
 """
 
 
-class ControllerStore:
+class ControllerStore(MetaTable):
     def __init__(self, path: str | Path, *, history_keep: int = 1000) -> None:
         self.path = Path(path)
         self.conn = c = open_wal(self.path, "NORMAL")
@@ -52,23 +52,6 @@ class ControllerStore:
         if configs:
             self.machine.load(configs)
         self._published: tuple[Configuration, ...] = tuple(self.machine.configurations())
-
-    def _meta(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
-
-    def _write_meta(self, kv: dict[str, str]) -> None:
-        self.conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", kv.items())
-
-    def applied(self) -> tuple[int, int]:
-        m = self._meta()
-        return int(m.get("applied_index", 0)), int(m.get("applied_term", 0))
-
-    def conf(self) -> ConfState | None:
-        m = self._meta()
-        return conf_from_json(m["conf"]) if "conf" in m else None
-
-    def set_conf(self, conf: ConfState) -> None:
-        self._write_meta({"conf": conf_to_json(conf)})
 
     def apply_batch(self, entries: Sequence[Entry]) -> list[CtrlResult]:
         if not entries:

@@ -33,8 +33,8 @@ from kvraft import errors
 from kvraft.kv.machine import KVStateMachine, Result, Session, Status, export_session
 from kvraft.kv.shardcmd import SessionRecord
 from kvraft.kv.shards import Interval, ShardState
-from kvraft.raft.types import ConfState, Entry, EntryKind
-from kvraft.storage.raftlog import conf_from_json, conf_to_json
+from kvraft.raft.types import Entry, EntryKind
+from kvraft.storage.metadb import MetaTable
 from kvraft.storage.sqlite_util import checkpoint, open_wal, transaction
 
 FORMAT_VERSION = 1
@@ -94,7 +94,7 @@ class SessionChunk:
     last: bool
 
 
-class StateStore:
+class StateStore(MetaTable):
     """SQLite-backed state machine storage; implements ``kvraft.kv.Backend``."""
 
     def __init__(self, path: str | Path, *, gid: int | None = None,
@@ -122,26 +122,6 @@ class StateStore:
         self._view: tuple[int, ShardState | None] = (-1, None)
         self._local = threading.local()
         self._export_conns: list[sqlite3.Connection] = []
-
-    # --- meta --------------------------------------------------------------------
-
-    def _meta(self) -> dict[str, str]:
-        return dict(self.conn.execute("SELECT k, v FROM meta").fetchall())
-
-    def _write_meta(self, kv: dict[str, str]) -> None:
-        self.conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", kv.items())
-
-    def applied(self) -> tuple[int, int]:
-        """(applied index, its term)."""
-        m = self._meta()
-        return int(m.get("applied_index", 0)), int(m.get("applied_term", 0))
-
-    def conf(self) -> ConfState | None:
-        m = self._meta()
-        return conf_from_json(m["conf"]) if "conf" in m else None
-
-    def set_conf(self, conf: ConfState) -> None:
-        self._write_meta({"conf": conf_to_json(conf)})
 
     # --- applying ------------------------------------------------------------------
 
