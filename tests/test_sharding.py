@@ -572,3 +572,58 @@ def test_leader_restarts_during_migration(tmp_path: Path) -> None:
     result = check_history(ops, time_budget_s=60.0)
     bad = [k.to_json() for k in result.keys if k.verdict != "ok"][:3]
     assert result.verdict == "ok", bad
+
+
+# --- 7. partial: a group serves what it received while another source never arrives -------
+
+
+def test_group_serves_what_arrived_while_another_source_is_dead(tmp_path: Path) -> None:
+    """Group 3 receives group 1's range, then is given group 2's range while group 2 is
+    dead: it keeps serving what it has (its own range and the one from group 1) while
+    the other range stays pulling, and serves that one too once group 2 is back."""
+    a = LocalCluster(tmp_path / "a", groups=(0, 1, 3), bootstrap=False)
+    b = LocalCluster(tmp_path / "b", groups=(2,), first_id=4, controller=a.controller,
+                     secret=a.secret)
+    try:
+        a.start()
+        b.start()
+        num = a.join_groups(extra={2: b.members()})
+        b.wait_shards(2, num)
+        cfg = _latest(a)
+        assert sorted(r.gid for r in cfg.ranges) == [1, 2, 3], cfg
+        values = {k: f"v-{k}" for k in SPREAD_KEYS}
+        asyncio.run(_puts(a.addr_list, values))
+        by_gid = {g: [k for k in SPREAD_KEYS if _owner(cfg, k) == g] for g in (1, 2, 3)}
+        assert all(by_gid.values()), by_gid
+        start_of = {r.gid: r.start for r in cfg.ranges}
+
+        _kill_all(b)
+        num = a.ctrl({"op": "move", "key": start_of[1] or "!", "to": 3})["num"]
+        a.wait_shards(3, num)
+        num = a.ctrl({"op": "move", "key": start_of[2] or "!", "to": 3})["num"]
+
+        def pulling_from_2() -> bool:
+            v = a.shard_view(3)
+            return v is not None and v["num"] == num and any(
+                p["from"] == 2 for p in v["pulling"])
+
+        _wait_for(pulling_from_2, 30, "group 3 to take the configuration and pull from 2")
+        served = by_gid[1] + by_gid[3]
+        assert asyncio.run(_gets(a.addr_list, served, timeout_s=10.0)) == {
+            k: values[k] for k in served}
+        with Client(a.addr_list, timeout_s=10.0) as kv:
+            for k in served:
+                kv.append(k, "+w")
+        waiting = asyncio.run(_gets(a.addr_list, by_gid[2], timeout_s=1.0,
+                                    attempt_timeout_s=0.3))
+        for k, r in waiting.items():
+            assert isinstance(r, errors.Unavailable), f"{k!r} not yet installed gave {r!r}"
+        assert pulling_from_2()  # still waiting for the dead source
+
+        _restart_all(b, 2)
+        a.wait_shards(3, num, timeout_s=60)
+        want = {**values, **{k: values[k] + "+w" for k in served}}
+        assert asyncio.run(_gets(a.addr_list, SPREAD_KEYS, timeout_s=20.0)) == want
+    finally:
+        b.stop()
+        a.stop()
