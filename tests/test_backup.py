@@ -9,15 +9,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kvraft import Client
 from kvraft.storage.s3 import S3SnapshotStore
-from kvraft.testing import FAKE_AWS_ENV, MotoServer
+from kvraft.testing import FAKE_AWS_ENV, MotoServer, wait_for
 from kvraft.testing.cluster import LocalCluster
 
 BUCKET = "kvraft-backups"
@@ -52,13 +51,7 @@ def _s3_args(s3: MotoServer, name: str) -> list[str]:
     return ["--bucket", BUCKET, "--endpoint-url", s3.endpoint_url, "--cluster", name]
 
 
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+_wait = wait_for
 
 
 def test_backup_then_lose_everything_then_restore(tmp_path: Path, s3: MotoServer) -> None:

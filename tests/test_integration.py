@@ -8,13 +8,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kvraft import Client, errors
+from kvraft.testing import wait_for
 from kvraft.testing.cluster import LocalCluster
 
 
@@ -96,12 +97,7 @@ def test_follower_redirects_to_leader(cluster: LocalCluster) -> None:
     assert ei.value.headers["Location"] == f"http://{cluster.addrs[lead]}/v1/kv/x"
 
 
-def _wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
+_wait_for = wait_for
 
 
 def _status(cluster: LocalCluster, i: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from kvraft.bootstrap import latest_config
 from kvraft.check import Operation, check_history
 from kvraft.ctrler.config import Configuration
 from kvraft.kv.shardcmd import ShardCommand, ShardOp, is_shard_command
+from kvraft.testing import wait_for
 from kvraft.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
@@ -47,12 +48,7 @@ def _seed(default: int) -> int:
     return seed
 
 
-def _wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
+_wait_for = wait_for
 
 
 def _latest(c: LocalCluster) -> Configuration:
