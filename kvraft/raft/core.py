@@ -10,7 +10,15 @@ Features: randomized election timeouts, pre-vote, check-quorum with leader lease
 replication with a bounded in-flight window, fast conflict backtracking, commit of
 current-term entries only, ReadIndex reads confirmed by a quorum (batched: one round
 of acknowledgements confirms every read registered before it), leadership transfer,
-and snapshot hand-off.
+snapshot hand-off, learners, and single-server membership changes.
+
+Membership (Raft thesis 4.1, see DESIGN.md): a CONF entry carries the whole new
+:class:`ConfState`. A replica uses the newest membership in its log, committed or
+not, from the moment the entry is appended; a truncated entry takes its membership
+with it. Every quorum (commit, votes, ReadIndex, check-quorum) is computed over that
+one ``conf``. A leader proposes a change only when the previous one is committed and
+it has committed an entry of its own term, and a change adds or removes at most one
+voter, so any two majorities of consecutive memberships overlap.
 """
 
 from __future__ import annotations
@@ -82,6 +90,10 @@ class InitialState:
     """(index, term) of the entry before ``entries[0]`` (the compaction point, at or
     below the snapshot); defaults to the snapshot's (index, term), else (0, 0)."""
 
+    # ``conf`` is the membership at the snapshot (or the bootstrap membership without
+    # one); CONF entries in ``entries`` after the snapshot override it. A node that
+    # joins an existing group starts with no voters and waits to be added.
+
 
 @dataclass(slots=True)
 class Status:
@@ -96,6 +108,10 @@ class Status:
     snapshot_index: int
     progress: dict[int, tuple[int, int, str]] = field(default_factory=dict)
     """For a leader: peer -> (match, next, state)."""
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+    pending_conf_index: int = 0
+    """Index of the newest membership entry in the log (0: none since the snapshot)."""
 
 
 class RaftCore:
@@ -115,6 +131,11 @@ class RaftCore:
         )
         self.latest_snapshot = snap
         self.conf = state.conf
+        self._base_conf = state.conf
+        self._base_index = snap.index if snap else start[0]
+        self._conf_points: list[tuple[int, int, ConfState]] = []
+        """(index, term, membership) of each CONF entry after ``_base_index``."""
+        self.step_down_pending = False
         self.term = state.hard_state.term
         self.vote = state.hard_state.vote
         self.role = Role.FOLLOWER
@@ -138,6 +159,7 @@ class RaftCore:
         self.persisted_hard = HardState(self.term, self.vote)
         self.reported_soft = SoftState(NONE, Role.FOLLOWER, self.term)
         self._reset_randomized_timeout()
+        self.note_entries(state.entries)
 
     # --- public API ---------------------------------------------------------------
 
@@ -166,6 +188,44 @@ class RaftCore:
         entry = Entry(self.log.last_index() + 1, self.term, data, kind)
         self.append_local([entry])
         return entry.index, entry.term
+
+    def propose_conf(self, conf: ConfState) -> tuple[int, int]:
+        """Propose the membership ``conf`` (the whole new one); returns its (index, term).
+
+        Single-server changes only: at most one voter added or removed (learners may
+        change freely), no change while another is uncommitted, and none before this
+        leader has committed an entry of its own term. Raises ValueError for a change
+        that breaks those rules, ProposalDropped for one that must wait.
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(self.leader, self.term)
+        if not conf.voters:
+            raise ValueError("a group needs at least one voter")
+        if conf.voters & conf.learners:
+            raise ValueError(f"nodes {sorted(conf.voters & conf.learners)} cannot be both "
+                             "voters and learners")
+        changed = conf.voters ^ self.conf.voters
+        if len(changed) > 1:
+            raise ValueError(f"one voter at a time: this change adds or removes "
+                             f"{sorted(changed)}")
+        if self.log.term(self.log.committed) != self.term:
+            raise ProposalDropped("the new leader has not committed an entry of its term yet")
+        if self.pending_conf_index() > self.log.committed:
+            raise ProposalDropped(f"the membership change at index {self.pending_conf_index()} "
+                                  "is not committed yet")
+        return self.propose(conf.encode(), EntryKind.CONF)
+
+    def pending_conf_index(self) -> int:
+        return self._conf_points[-1][0] if self._conf_points else 0
+
+    def conf_at(self, index: int) -> ConfState:
+        """The membership in force at log ``index`` (for a snapshot taken there)."""
+        conf = self._base_conf
+        for idx, _, c in self._conf_points:
+            if idx > index:
+                break
+            conf = c
+        return conf
 
     def read_index(self, ctx: int) -> None:
         """Ask to serve a linearizable read identified by ``ctx``.
@@ -207,6 +267,10 @@ class RaftCore:
         if self.latest_snapshot is None or index > self.latest_snapshot.index:
             raise InvariantViolation(f"compacting to {index} beyond the newest snapshot")
         self.log.compact(index)
+        pts = self._conf_points
+        while pts and pts[0][0] <= index:
+            self._base_conf = pts.pop(0)[2]
+            self._base_index = index
 
     def set_latest_snapshot(self, snap: SnapshotMeta) -> None:
         """The runtime now holds ``snap`` durably; lagging followers are sent this one."""
@@ -217,6 +281,7 @@ class RaftCore:
         log = self.log
         return bool(
             self.msgs
+            or self.step_down_pending
             or self.bcast_pending
             or self.read_bcast_pending
             or self.read_states
@@ -236,6 +301,10 @@ class RaftCore:
         if self.read_bcast_pending:
             self.read_bcast_pending = False
             roles.bcast_heartbeat(self)
+        if self.step_down_pending:
+            self.step_down_pending = False
+            if self.role == Role.LEADER:
+                roles.step_down_removed(self)
         rd = Ready()
         hs = HardState(self.term, self.vote)
         if hs != self.persisted_hard:
@@ -278,6 +347,8 @@ class RaftCore:
             id=self.id, role=self.role, term=self.term, vote=self.vote, leader=self.leader,
             commit=self.log.committed, applied=self.log.applied,
             last_index=self.log.last_index(), snapshot_index=self.log.snapshot_index,
+            voters=tuple(sorted(self.conf.voters)), learners=tuple(sorted(self.conf.learners)),
+            pending_conf_index=self.pending_conf_index(),
         )
         if self.role == Role.LEADER:
             st.progress = {p: (pr.match, pr.next, pr.state.name) for p, pr in self.prs.items()}
@@ -292,6 +363,56 @@ class RaftCore:
         """Leader appends its own entries; it counts itself once they are durable."""
         self.log.append(entries)
         self.bcast_pending = True
+        self.note_entries(entries)
+
+    def note_entries(self, entries: Sequence[Entry]) -> None:
+        """The log changed (``entries`` appended, maybe a suffix replaced): track CONF."""
+        pts = self._conf_points
+        changed = False
+        while pts and not self.log.match_term(pts[-1][0], pts[-1][1]):
+            pts.pop()  # truncated: its membership goes with it
+            changed = True
+        for e in entries:
+            if (e.kind == EntryKind.CONF and e.index > self._base_index
+                    and (not pts or e.index > pts[-1][0])
+                    and self.log.match_term(e.index, e.term)):
+                try:
+                    conf = ConfState.decode(e.data)
+                except ValueError as err:
+                    raise InvariantViolation(f"membership entry {e.index}: {err}") from None
+                pts.append((e.index, e.term, conf))
+                changed = True
+        if changed:
+            self.set_conf(pts[-1][2] if pts else self._base_conf)
+
+    def restore_conf(self, index: int, conf: ConfState) -> None:
+        """The log was replaced by a snapshot at ``index`` whose membership is ``conf``."""
+        self._conf_points = []
+        self._base_conf = conf
+        self._base_index = index
+        self.set_conf(conf)
+
+    def set_conf(self, conf: ConfState) -> None:
+        """Switch to ``conf`` now (it is the newest membership in the log)."""
+        if conf == self.conf:
+            return
+        self.conf = conf
+        if self.role != Role.LEADER:
+            return
+        members = conf.all_nodes() | {self.id}
+        for p in list(self.prs):
+            if p not in members:
+                del self.prs[p]
+        last = self.log.last_index()
+        for p in members:
+            if p not in self.prs:
+                self.prs[p] = Progress(match=0, next=last + 1, recent_active=True,
+                                       inflights=Inflights(self.cfg.max_inflight_msgs,
+                                                           self.cfg.max_inflight_bytes))
+        if self.transferee not in conf.voters:
+            self.transferee = NONE
+        roles.maybe_commit(self)  # the quorum changed
+        roles.recheck_reads(self)
 
     def quorum(self) -> int:
         return majority(len(self.conf.voters))
@@ -317,7 +438,7 @@ class RaftCore:
         self._drop_reads()
         last = self.log.last_index()
         self.prs = {}
-        for p in self.conf.all_nodes():
+        for p in self.conf.all_nodes() | {self.id}:
             pr = Progress(match=0, next=last + 1, inflights=Inflights(
                 self.cfg.max_inflight_msgs, self.cfg.max_inflight_bytes))
             if p == self.id:

@@ -55,7 +55,10 @@ def step(r: RaftCore, m: Message) -> None:
 
 def _handle_vote_request(r: RaftCore, m: Message) -> None:
     resp = MsgType.VOTE_RESP if m.type == MsgType.VOTE else MsgType.PRE_VOTE_RESP
-    can_vote = (
+    # A node that is not a voter in our membership (removed, or a learner) gets no
+    # vote: refusing is always safe, and a removed node that missed its removal
+    # cannot win a pre-vote, so it never raises the group's term.
+    can_vote = m.frm in r.conf.voters and (
         r.vote == m.frm
         or (r.vote == NONE and r.leader == NONE)
         or (m.type == MsgType.PRE_VOTE and m.term > r.term)
@@ -211,6 +214,8 @@ def _handle_append(r: RaftCore, m: Message) -> None:
         return
     last_new = log.maybe_append(m.index, m.log_term, m.commit, m.entries)
     if last_new is not None:
+        if m.entries:
+            r.note_entries(m.entries)
         r.send(Message(MsgType.APP_RESP, to=m.frm, frm=r.id, term=r.term,
                        index=last_new, ctx=m.ctx))
         return
@@ -231,7 +236,7 @@ def _handle_snapshot(r: RaftCore, m: Message) -> None:
         index = s.index  # not last_index(): entries past the snapshot may be stale
     else:
         log.restore(s.index, s.term)
-        r.conf = s.conf
+        r.restore_conf(s.index, s.conf)
         r.snapshot_to_install = s
         r.latest_snapshot = s
         index = s.index
@@ -303,6 +308,8 @@ def maybe_commit(r: RaftCore) -> bool:
     first_in_term = r.log.term(r.log.committed) != r.term
     r.log.commit_to(index)
     r.bcast_pending = True  # followers learn the new commit index
+    if r.id not in r.conf.voters and r.pending_conf_index() <= index:
+        r.step_down_pending = True  # our removal is committed (see step_down_removed)
     if first_in_term and r.reads_before_commit:
         waiting, r.reads_before_commit = r.reads_before_commit, []
         for ctx in waiting:
@@ -381,7 +388,7 @@ class PendingRead:
 def register_read(r: RaftCore, ctx: int) -> None:
     r.read_seq += 1
     r.prs[r.id].read_ack = r.read_seq
-    if len(r.conf.voters) == 1:
+    if r.conf.voters == {r.id}:
         r.add_read_state(ctx, r.log.committed)
         return
     r.pending_reads.append(PendingRead(r.read_seq, ctx, r.log.committed))
@@ -393,12 +400,29 @@ def _ack_read(r: RaftCore, peer: int, seq: int) -> None:
     if seq <= pr.read_ack:
         return
     pr.read_ack = seq
+    recheck_reads(r)
+
+
+def recheck_reads(r: RaftCore) -> None:
+    """Serve every pending read a quorum of the current voters has confirmed."""
     if not r.pending_reads:
         return
     confirmed = committed_index(r.conf.voters, {p: q.read_ack for p, q in r.prs.items()})
     while r.pending_reads and r.pending_reads[0].seq <= confirmed:
         rd = r.pending_reads.popleft()
         r.add_read_state(rd.ctx, rd.index)
+
+
+def step_down_removed(r: RaftCore) -> None:
+    """A leader whose removal is committed hands over to the most caught-up voter.
+
+    It has already broadcast the commit index (``ready`` sends that first); the voter it
+    picks campaigns at once on TimeoutNow, otherwise the group elects one on timeout.
+    """
+    best = max(((pr.match, p) for p, pr in r.prs.items() if p in r.conf.voters), default=None)
+    if best is not None and best[0] == r.log.last_index():
+        r.send(Message(MsgType.TIMEOUT_NOW, to=best[1], frm=r.id, term=r.term))
+    become_follower(r, r.term, NONE)
 
 
 def transfer_leadership(r: RaftCore, target: int) -> None:

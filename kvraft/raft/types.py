@@ -6,6 +6,7 @@ Node ids are positive integers; ``NONE`` (0) means "no node".
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import NamedTuple
@@ -43,13 +44,52 @@ class HardState(NamedTuple):
 
 
 class ConfState(NamedTuple):
-    """Group membership: voters count toward quorums, learners only receive the log."""
+    """Group membership: voters count toward quorums, learners only receive the log.
+
+    ``addresses`` is opaque to the core: the runtime's (node id, host:port) of members,
+    carried in the log with the membership so that every replica learns how to reach a
+    new member from the same entry that adds it.
+    """
 
     voters: frozenset[int]
     learners: frozenset[int] = frozenset()
+    addresses: tuple[tuple[int, str], ...] = ()
 
     def all_nodes(self) -> frozenset[int]:
         return self.voters | self.learners
+
+    def address_map(self) -> dict[int, str]:
+        return dict(self.addresses)
+
+    def encode(self) -> bytes:
+        """The data of a CONF entry (the whole new membership, not a delta)."""
+        return json.dumps({"v": 1, "voters": sorted(self.voters),
+                           "learners": sorted(self.learners),
+                           "addresses": {str(k): a for k, a in sorted(self.addresses)}},
+                          separators=(",", ":")).encode()
+
+    @staticmethod
+    def decode(data: bytes) -> ConfState:
+        """Inverse of :meth:`encode`; raises ValueError on anything else."""
+        try:
+            d = json.loads(data)
+            voters = frozenset(_node_id(v) for v in d["voters"])
+            learners = frozenset(_node_id(v) for v in d.get("learners", []))
+            addrs = d.get("addresses", {})
+            if not isinstance(addrs, dict) or not all(isinstance(a, str) for a in addrs.values()):
+                raise ValueError("addresses must map node ids to strings")
+            addresses = tuple(sorted((_node_id(int(k)), a) for k, a in addrs.items()))
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"malformed membership entry: {e}") from None
+        if voters & learners:
+            raise ValueError("a node cannot be both a voter and a learner")
+        return ConfState(voters, learners, addresses)
+
+
+def _node_id(v: object) -> int:
+    if type(v) is not int or v <= 0:
+        raise ValueError(f"bad node id {v!r}")
+    return v
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,13 +49,15 @@ def entry_crc(e: Entry) -> int:
 
 
 def conf_to_json(conf: ConfState) -> str:
-    return json.dumps({"voters": sorted(conf.voters), "learners": sorted(conf.learners)})
+    return json.dumps({"voters": sorted(conf.voters), "learners": sorted(conf.learners),
+                       "addresses": {str(k): a for k, a in conf.addresses}})
 
 
 def conf_from_json(text: str) -> ConfState:
     d = json.loads(text)
     return ConfState(frozenset(int(v) for v in d["voters"]),
-                     frozenset(int(v) for v in d.get("learners", [])))
+                     frozenset(int(v) for v in d.get("learners", [])),
+                     tuple(sorted((int(k), str(a)) for k, a in d.get("addresses", {}).items())))
 
 
 @dataclass(slots=True)

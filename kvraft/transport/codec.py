@@ -24,7 +24,8 @@ def _enc_msg(m: Message) -> list[Any]:
     snap = None
     if m.snapshot is not None:
         s = m.snapshot
-        snap = [s.index, s.term, sorted(s.conf.voters), sorted(s.conf.learners)]
+        snap = [s.index, s.term, sorted(s.conf.voters), sorted(s.conf.learners),
+                [list(a) for a in s.conf.addresses]]
     return [int(m.type), m.to, m.frm, m.term, m.log_term, m.index, m.commit, m.reject,
             m.hint, m.ctx, [[e.index, e.term, e.kind, e.data] for e in m.entries], snap]
 
@@ -59,10 +60,15 @@ def _dec_msg(raw: Any) -> Message:
         entries.append(Entry(_int(e[0]), _int(e[1]), e[3], _int(e[2])))
     snapshot = None
     if snap is not None:
-        if (not isinstance(snap, list) or len(snap) != 4 or not isinstance(snap[2], list)
+        if (not isinstance(snap, list) or len(snap) not in (4, 5) or not isinstance(snap[2], list)
                 or not isinstance(snap[3], list)):
             raise WireError("malformed snapshot meta")
-        conf = ConfState(frozenset(_int(v) for v in snap[2]), frozenset(_int(v) for v in snap[3]))
+        addrs = snap[4] if len(snap) == 5 else []
+        if not isinstance(addrs, list) or not all(
+                isinstance(a, list) and len(a) == 2 and isinstance(a[1], str) for a in addrs):
+            raise WireError("malformed member addresses")
+        conf = ConfState(frozenset(_int(v) for v in snap[2]), frozenset(_int(v) for v in snap[3]),
+                         tuple(sorted((_int(a[0]), a[1]) for a in addrs)))
         snapshot = SnapshotMeta(_int(snap[0]), _int(snap[1]), conf)
     return Message(mtype, _int(to), _int(frm), _int(term), _int(log_term), _int(index),
                    _int(commit), bool(reject), _int(hint), _int(ctx), entries, snapshot)
