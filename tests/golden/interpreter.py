@@ -55,6 +55,17 @@ compact ID INDEX
 send-snapshot from=ID to=ID
     ID's runtime sends its latest snapshot to a peer on its own initiative, in a MsgSnap
     of ID's current term (as etcd-io/raft's ``send-snapshot`` does).
+add-node ID [voters=1,2,3] [learners=4]
+    Create node ID with the settings of add-nodes and the given membership; without
+    ``voters`` it has an empty one (a node joining the group, waiting to be added).
+propose-conf ID voters=1,2,3 [learners=4]
+    ID proposes this whole new membership (``voters=`` alone: no voters).
+add-learner ID NEW / promote ID NODE / remove ID NODE
+    ID proposes its current membership with NEW added as a learner (NEW is created
+    with an empty membership if it does not exist yet), with learner NODE made a
+    voter, or with NODE (voter or learner) removed.
+conf ID...
+    Print a node's membership (voters, learners) and its newest membership entry.
 process-ready ID...
     Handle one Ready of each node: persist, send, apply, advance (printed).
 deliver-msgs [ID...]
@@ -152,13 +163,28 @@ class ScriptError(Exception):
 
 
 def describe_entry(e: Entry) -> str:
+    if e.kind == EntryKind.CONF:
+        try:
+            return f"{e.term}/{e.index} EntryConf {describe_conf(ConfState.decode(e.data))}"
+        except ValueError:
+            pass
     kind = "EntryNormal" if e.kind == EntryKind.NORMAL else "EntryConf"
     return f'{e.term}/{e.index} {kind} "{e.data.decode("utf-8", "backslashreplace")}"'
 
 
+def _ids(nodes: Iterable[int]) -> str:
+    return ",".join(str(v) for v in sorted(nodes))
+
+
+def describe_conf(c: ConfState) -> str:
+    text = f"Voters:({_ids(c.voters)})"
+    if c.learners:
+        text += f" Learners:({_ids(c.learners)})"
+    return text
+
+
 def describe_snapshot(s: SnapshotMeta) -> str:
-    voters = ",".join(str(v) for v in sorted(s.conf.voters))
-    return f"[Index:{s.index} Term:{s.term} Voters:({voters})]"
+    return f"[Index:{s.index} Term:{s.term} {describe_conf(s.conf)}]"
 
 
 def describe_message(m: Message) -> list[str]:
@@ -247,6 +273,17 @@ class Node:
         return self.core
 
 
+def parse_ids(v: str) -> frozenset[int]:
+    try:
+        return frozenset(int(x) for x in v.split(",") if x)
+    except ValueError as e:
+        raise ScriptError(f"not a list of node ids: {v!r}") from e
+
+
+def parse_conf(kw: dict[str, str]) -> ConfState:
+    return ConfState(parse_ids(kw.get("voters", "")), parse_ids(kw.get("learners", "")))
+
+
 def parse_bool(v: str) -> bool:
     if v in ("true", "1", "yes"):
         return True
@@ -265,6 +302,8 @@ class Env:
         self.applied_at: dict[int, tuple[int, bytes, int]] = {}
         self.leader_of_term: dict[int, int] = {}
         self.out: list[str] = []
+        self.settings: dict[str, str] = {}
+        """The options of ``add-nodes``, used by ``add-node`` too."""
 
     # --- running one command ------------------------------------------------------
 
@@ -343,25 +382,41 @@ class Env:
             raise ScriptError(f"unknown add-nodes options: {sorted(unknown)}")
         n = int(pos[0])
         voters = frozenset(range(1, n + 1))
-        defaults = Config(id=1)
+        self.settings = dict(kw)
         for i in sorted(voters):
-            cfg = Config(
-                id=i,
-                election_ticks=int(kw.get("election", defaults.election_ticks)),
-                heartbeat_ticks=int(kw.get("heartbeat", defaults.heartbeat_ticks)),
-                pre_vote=parse_bool(kw.get("prevote", "true")),
-                check_quorum=parse_bool(kw.get("checkquorum", "true")),
-                max_msg_bytes=int(kw.get("max-msg-bytes", defaults.max_msg_bytes)),
-                max_inflight_msgs=int(kw.get("inflight", defaults.max_inflight_msgs)),
-                max_inflight_bytes=int(kw.get("inflight-bytes", defaults.max_inflight_bytes)),
-            )
-            node = Node(i, cfg, Storage(ConfState(voters)))
-            self.nodes[i] = node
-            self._start(node)
+            self._add(i, ConfState(voters))
+
+    def _add(self, i: int, conf: ConfState) -> None:
+        kw = self.settings
+        defaults = Config(id=1)
+        cfg = Config(
+            id=i,
+            election_ticks=int(kw.get("election", defaults.election_ticks)),
+            heartbeat_ticks=int(kw.get("heartbeat", defaults.heartbeat_ticks)),
+            pre_vote=parse_bool(kw.get("prevote", "true")),
+            check_quorum=parse_bool(kw.get("checkquorum", "true")),
+            max_msg_bytes=int(kw.get("max-msg-bytes", defaults.max_msg_bytes)),
+            max_inflight_msgs=int(kw.get("inflight", defaults.max_inflight_msgs)),
+            max_inflight_bytes=int(kw.get("inflight-bytes", defaults.max_inflight_bytes)),
+        )
+        node = Node(i, cfg, Storage(conf))
+        self.nodes[i] = node
+        self._start(node)
+
+    def cmd_add_node(self, pos: list[str], kw: dict[str, str]) -> None:
+        i = int(pos[0])
+        if i <= 0 or i in self.nodes:
+            raise ScriptError(f"node {i} exists already (or is not a valid id)")
+        if not self.nodes:
+            raise ScriptError("add-nodes comes first")
+        self._add(i, parse_conf(kw) if "voters" in kw else ConfState(frozenset()))
 
     def _start(self, node: Node) -> None:
         st = node.storage
-        state = InitialState(conf=st.conf, hard_state=st.hard_state, snapshot=st.snapshot,
+        # The membership at the snapshot (or the bootstrap one); CONF entries after it
+        # in the log override it (the core reads them).
+        conf = st.snapshot.conf if st.snapshot is not None else st.conf
+        state = InitialState(conf=conf, hard_state=st.hard_state, snapshot=st.snapshot,
                              entries=list(st.entries), applied=st.applied)
         rng = random.Random(node.id * 1000 + node.incarnation)
         node.core = RaftCore(node.cfg, rng, state)
@@ -413,6 +468,32 @@ class Env:
         target = int(kw["to"])
         self._guard(node, lambda core: core.transfer_leadership(target))
 
+    def _propose_conf(self, node: Node, conf: ConfState) -> None:
+        self._guard(node, lambda core: core.propose_conf(conf))
+
+    def cmd_propose_conf(self, pos: list[str], kw: dict[str, str]) -> None:
+        self._propose_conf(self.node(pos[0]), parse_conf(kw))
+
+    def cmd_add_learner(self, pos: list[str], kw: dict[str, str]) -> None:
+        node = self.node(pos[0])
+        new = int(pos[1])
+        if new not in self.nodes:
+            self._add(new, ConfState(frozenset()))
+        c = node.up().conf
+        self._propose_conf(node, ConfState(c.voters, c.learners | {new}))
+
+    def cmd_promote(self, pos: list[str], kw: dict[str, str]) -> None:
+        node = self.node(pos[0])
+        p = int(pos[1])
+        c = node.up().conf
+        self._propose_conf(node, ConfState(c.voters | {p}, c.learners - {p}))
+
+    def cmd_remove(self, pos: list[str], kw: dict[str, str]) -> None:
+        node = self.node(pos[0])
+        p = int(pos[1])
+        c = node.up().conf
+        self._propose_conf(node, ConfState(c.voters - {p}, c.learners - {p}))
+
     def cmd_report_unreachable(self, pos: list[str], kw: dict[str, str]) -> None:
         node = self.node(pos[0])
         peer = int(pos[1])
@@ -425,7 +506,7 @@ class Env:
         term = core.log.term(index)
         if term is None:
             return
-        snap = SnapshotMeta(index, term, core.conf)
+        snap = SnapshotMeta(index, term, core.conf_at(index))
 
         def take(c: RaftCore) -> None:
             c.set_latest_snapshot(snap)
@@ -491,6 +572,8 @@ class Env:
         node.storage.applied = e.index
 
     def _blocked(self, m: Message) -> str | None:
+        if m.to not in self.nodes:
+            return "no such node"
         if self.nodes[m.to].core is None:
             return "down"
         if self.groups and self._group(m.frm) != self._group(m.to):
@@ -630,6 +713,14 @@ class Env:
                     full = "[full]" if pr.inflights.full() else ""
                     desc += f" inflight={len(pr.inflights)}{full}"
                 self.emit(desc)
+
+    def cmd_conf(self, pos: list[str], kw: dict[str, str]) -> None:
+        for i in self.ids(pos):
+            core = self.nodes[i].core
+            if core is None:
+                self.emit(f"{i}: down")
+                continue
+            self.emit(f"{i}: {describe_conf(core.conf)} pending={core.pending_conf_index()}")
 
     def cmd_raft_state(self, pos: list[str], kw: dict[str, str]) -> None:
         for i in sorted(self.nodes):
