@@ -127,6 +127,7 @@ def node_config_from(file_cfg: Mapping[str, Any], options: Mapping[str, Any], *,
         "groups": (lambda v: isinstance(v, list) and all(_is_int(g, 0) for g in v),
                    "a list of non-negative integers"),
         "controller": (_is_addr_list, "a string or a list of strings"),
+        "join": (lambda v: isinstance(v, str), "a string"),
         "data_dir": (lambda v: isinstance(v, str), "a string"),
         "secret": (lambda v: isinstance(v, str), "a string"),
     }
@@ -153,7 +154,7 @@ def node_config_from(file_cfg: Mapping[str, Any], options: Mapping[str, Any], *,
         return NodeConfig(node_id=node_id, listen=listen, peers=peer_map,
                           data_dir=Path(data_dir), secret=secret, groups=tuple(groups),
                           controller=tuple(a.strip() for a in ctrl.split(",") if a.strip()),
-                          settings=settings)
+                          join=pick("join") or None, settings=settings)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
 
@@ -180,6 +181,7 @@ def _setting_options(f: F) -> F:
 @_member_option("peers", multiple=True)
 @_member_option("groups", multiple=True, type=click.IntRange(0))
 @_member_option("controller")
+@_member_option("join")
 @_member_option("data_dir", type=click.Path(file_okay=False))
 @_member_option("secret")
 @_setting_options

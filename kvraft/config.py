@@ -322,6 +322,9 @@ MEMBERSHIP: tuple[MemberKey, ...] = (
               "with its peers (repeat); 0 is the shard controller."),
     MemberKey("controller", "--controller", "controller", "HOST:PORT,... of the "
               "controller's members (needed when this node does not host group 0)."),
+    MemberKey("join", "--join", "join", "HOST:PORT of a cluster member: start this node's "
+              "groups with no members and wait to be added (kvraft member add). Ignored "
+              "once the node holds state."),
     MemberKey("data_dir", "--data-dir", "data_dir", "Where raft.db/state.db live."),
     MemberKey("secret", "--secret", "secret", "Cluster secret.", envvar="KVRAFT_SECRET"),
 )

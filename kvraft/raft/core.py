@@ -114,6 +114,22 @@ class Status:
     """Index of the newest membership entry in the log (0: none since the snapshot)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ConfHistory:
+    """The memberships of a log: ``base`` until the first of ``points`` (index, conf)."""
+
+    base: ConfState
+    points: tuple[tuple[int, ConfState], ...]
+
+    def __call__(self, index: int) -> ConfState:
+        conf = self.base
+        for idx, c in self.points:
+            if idx > index:
+                break
+            conf = c
+        return conf
+
+
 class RaftCore:
     """One replica's Raft state machine. See the module docstring."""
 
@@ -220,12 +236,11 @@ class RaftCore:
 
     def conf_at(self, index: int) -> ConfState:
         """The membership in force at log ``index`` (for a snapshot taken there)."""
-        conf = self._base_conf
-        for idx, _, c in self._conf_points:
-            if idx > index:
-                break
-            conf = c
-        return conf
+        return self.conf_history()(index)
+
+    def conf_history(self) -> ConfHistory:
+        """A frozen copy of the memberships in the log, safe to use from another thread."""
+        return ConfHistory(self._base_conf, tuple((i, c) for i, _, c in self._conf_points))
 
     def read_index(self, ctx: int) -> None:
         """Ask to serve a linearizable read identified by ``ctx``.

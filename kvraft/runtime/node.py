@@ -39,6 +39,7 @@ from kvraft.kv.commands import Command
 from kvraft.kv.machine import Result, Status
 from kvraft.raft import ConfState, Message, Role
 from kvraft.runtime.backup import BackupManager, NotLeaderForBackup
+from kvraft.runtime.membership import MembershipMixin
 from kvraft.runtime.metrics import Metrics
 from kvraft.runtime.migration import ConfigSource, ShardDriver
 from kvraft.runtime.peers import GroupCaller
@@ -50,6 +51,7 @@ from kvraft.storage.snapshots import LocalSnapshot
 from kvraft.storage.statedb import NotOwned, StateStore
 from kvraft.transport.admin import AdminAPI
 from kvraft.transport.http_api import ClientAPI
+from kvraft.transport.member_api import MemberAPI
 from kvraft.transport.peer import PeerTransport
 from kvraft.transport.shard_api import ShardAPI
 from kvraft.transport.snapshot_stream import IncomingSnapshot, SnapshotReceiver, send_snapshot
@@ -89,6 +91,9 @@ class NodeConfig:
     """Groups this node is a bootstrap member of; 0 is the controller."""
     controller: tuple[str, ...] = ()
     """Addresses of controller members (needed when group 0 is not hosted here)."""
+    join: str | None = None
+    """A member of the cluster to join through: this node's groups start with no
+    bootstrap membership and wait to be added (``kvraft member add``)."""
     settings: NodeSettings = field(default_factory=NodeSettings)
     """Everything with a default (kvraft.config defines each one)."""
 
@@ -100,9 +105,14 @@ class NodeConfig:
                              "(0 is the shard controller), e.g. --group 0 --group 1")
         if len(set(self.groups)) != len(self.groups) or any(g < 0 for g in self.groups):
             raise ValueError("--group values must be distinct non-negative integers")
-        if CONTROLLER not in self.groups and not self.controller:
+        if CONTROLLER not in self.groups and not self.controller and not self.join:
             raise ValueError("a node that does not host group 0 needs --controller "
-                             "HOST:PORT,... (the controller's members)")
+                             "HOST:PORT,... (the controller's members) or --join HOST:PORT")
+        if self.join is not None:
+            _split_hostport(self.join)
+            if set(self.peers) - {self.node_id}:
+                raise ValueError("--join and --peer exclude each other: a joining node learns "
+                                 "its group's members from the group")
         if self.node_id not in self.peers:
             self.peers[self.node_id] = self.listen
         if not self.secret:
@@ -114,9 +124,12 @@ class NodeConfig:
             _split_hostport(addr)
 
     def controller_addrs(self) -> list[str]:
-        if CONTROLLER in self.groups:
-            return [a for _, a in sorted(self.peers.items())]
-        return list(self.controller)
+        """The controller members this node starts with (it learns changes later)."""
+        if self.controller:
+            return list(self.controller)
+        if self.join is not None:
+            return [self.join]
+        return [a for _, a in sorted(self.peers.items())]
 
 
 def _split_hostport(addr: str) -> tuple[str, int]:
@@ -126,12 +139,17 @@ def _split_hostport(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class Node(ShardServiceMixin):
+class Node(ShardServiceMixin, MembershipMixin):
     def __init__(self, config: NodeConfig) -> None:
         self.cfg = config
         self.replicas: dict[int, Replica] = {}
+        self.addresses: dict[int, str] = dict(config.peers)
+        """Every node this one knows how to reach: the bootstrap peers, then the
+        addresses that membership entries carry."""
+        self._controller_seed = config.controller_addrs()
+        self.removed: set[int] = set()
         self.caller = GroupCaller(config.secret)
-        self.configs = ConfigSource(self.caller, config.controller_addrs)
+        self.configs = ConfigSource(self.caller, self.controller_addrs)
         self.drivers: dict[int, ShardDriver] = {}
         self.transport: PeerTransport | None = None
         self._runner: web.AppRunner | None = None
@@ -150,15 +168,21 @@ class Node(ShardServiceMixin):
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         self.transport = PeerTransport(node_id=cfg.node_id, secret=cfg.secret,
-                                       deliver=self._deliver, unreachable=self._unreachable)
+                                       deliver=self._deliver, unreachable=self._unreachable,
+                                       listen=cfg.listen, learn=self._learn_peer)
         await self.transport.start()
-        conf = ConfState(frozenset(cfg.peers))
+        if cfg.join is not None and not cfg.controller and CONTROLLER not in cfg.groups:
+            await self._discover_controller(cfg.join)
+        # A joining node has no bootstrap membership: it never campaigns, and waits for
+        # the group's leader to add it (the log or a snapshot then tells it the rest).
+        conf = (ConfState(frozenset()) if cfg.join is not None else
+                ConfState(frozenset(cfg.peers), addresses=tuple(sorted(cfg.peers.items()))))
         for gid in cfg.groups:
             replica = Replica(node_id=cfg.node_id, group_id=gid, conf=conf,
                               data_dir=cfg.data_dir / f"group-{gid}",
                               send=self.transport.send, settings=cfg.settings.replica,
-                              address_of=cfg.peers.get, open_store=self._opener(gid),
-                              stream_snapshot=self._stream_snapshot)
+                              address_of=self.addresses.get, open_store=self._opener(gid),
+                              stream_snapshot=self._stream_snapshot, on_conf=self._on_conf)
             await replica.start()
             self.replicas[gid] = replica
             if gid != CONTROLLER:
@@ -175,6 +199,7 @@ class Node(ShardServiceMixin):
         ClientAPI(self, limits, observe=self.metrics.observe).add_routes(app)
         ShardAPI(self, cfg.secret, request_timeout_s=limits.request_timeout_s
                  ).add_routes(app)
+        MemberAPI(self, cfg.secret, default_timeout_s=300.0).add_routes(app)
         app.router.add_get("/metrics", self.metrics.handle)
         AdminAPI(self.transport).add_routes(app)
         app.router.add_post("/v1/admin/backup", self._handle_backup)
@@ -200,10 +225,72 @@ class Node(ShardServiceMixin):
         return lambda p: StateStore(p, gid=gid, max_sessions=self.cfg.settings.max_sessions)
 
     async def _poll_controller(self) -> None:
-        """Keep the routing view of the configuration fresh (a hint; groups poll too)."""
+        """Keep the routing view of the configuration fresh (a hint; groups poll too),
+        and the controller's list of each led group's voters true to the group."""
         while True:
             await self.configs.refresh()
+            for gid in list(self.replicas):
+                with contextlib.suppress(Exception):
+                    await self.report_members(gid)
             await asyncio.sleep(max(0.2, self.cfg.settings.shard.poll_interval_s * 5))
+
+    async def _discover_controller(self, member: str) -> None:
+        """A joining node asks a member where the controller is (GET /v1/shards)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        while True:
+            try:
+                doc = await self.caller.call([member], "GET", "/v1/shards", timeout_s=3.0)
+                ctrl = [a for a in doc.get("controller", []) if isinstance(a, str)]
+                if ctrl:
+                    self._controller_seed = ctrl
+                    log.info("joining through %s: the controller is at %s", member,
+                             ",".join(ctrl))
+                    return
+            except errors.KvraftError as e:
+                if loop.time() > deadline:
+                    log.warning("could not ask %s where the controller is (%s); trying it "
+                                "as a controller member", member, e)
+                    return
+            await asyncio.sleep(0.5)
+
+    def controller_addrs(self) -> list[str]:
+        """Where the controller is: its members by this node's replica of group 0 (whose
+        membership may have changed since start), else the addresses it started with."""
+        r = self.replicas.get(CONTROLLER)
+        if r is not None and r.core is not None and r.core.conf.voters:
+            addrs = [self.addresses[n] for n in sorted(r.core.conf.voters)
+                     if n in self.addresses]
+            if addrs:
+                return addrs
+        return self._controller_seed
+
+    def _learn_peer(self, peer: int, addr: str) -> None:
+        """A peer this node had no address for connected (we are joining its group)."""
+        try:
+            _split_hostport(addr)
+        except ValueError:
+            return
+        self.addresses.setdefault(peer, addr)
+        if self.transport is not None:
+            self.transport.set_peer(peer, self.addresses[peer])
+
+    def _on_conf(self, gid: int, conf: ConfState) -> None:
+        """A group's membership changed in its log: learn the members' addresses."""
+        for nid, addr in conf.addresses:
+            if nid == self.cfg.node_id:
+                continue
+            if self.addresses.get(nid) != addr:
+                self.addresses[nid] = addr
+                if self.transport is not None:
+                    self.transport.set_peer(nid, addr)
+        if self.cfg.node_id in conf.all_nodes():
+            self.removed.discard(gid)
+        elif conf.voters and gid not in self.removed:
+            self.removed.add(gid)
+            log.warning("group %d: node %d is not a member any more (voters %s): it serves "
+                        "nothing for this group and never campaigns", gid, self.cfg.node_id,
+                        sorted(conf.voters))
 
     def _lock(self) -> None:
         path = self.cfg.data_dir / "LOCK"
@@ -268,7 +355,7 @@ class Node(ShardServiceMixin):
 
     async def _stream_snapshot(self, peer: int, group: int, msg: Message,
                                snap: LocalSnapshot) -> None:
-        addr = self.cfg.peers.get(peer)
+        addr = self.addresses.get(peer)
         if addr is None or self.transport is None:
             raise ConnectionError(f"no address for node {peer}")
         if peer in self.transport.faults.blocked_out:
@@ -301,7 +388,7 @@ class Node(ShardServiceMixin):
         except NotLeaderForBackup as e:
             leader = replica.soft.leader
             return web.json_response({"error": "not_leader", "message": str(e),
-                                      "leader": self.cfg.peers.get(leader)}, status=409)
+                                      "leader": self.addresses.get(leader)}, status=409)
         except Exception as e:
             return web.json_response({"error": "backup_failed",
                                       "message": f"{type(e).__name__}: {e}"}, status=503)

@@ -42,7 +42,8 @@ class GroupCaller:
 
     async def call(self, addrs: Sequence[str], method: str, path: str, *,
                    body: dict[str, Any] | None = None, params: dict[str, str] | None = None,
-                   timeout_s: float = 5.0) -> dict[str, Any]:
+                   timeout_s: float = 5.0, attempt_timeout_s: float | None = None
+                   ) -> dict[str, Any]:
         if not addrs:
             raise errors.Unavailable(f"{path}: no addresses to call")
         key = tuple(sorted(addrs))
@@ -60,7 +61,8 @@ class GroupCaller:
             for _ in range(3):  # follow redirects
                 try:
                     status, doc = await self._once(addr, method, path, body, params,
-                                                   deadline - time.monotonic())
+                                                   deadline - time.monotonic(),
+                                                   attempt_timeout_s)
                 except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
                     last = f"{addr}: {type(e).__name__} {e}"
                     self._leader.pop(key, None)
@@ -95,9 +97,9 @@ class GroupCaller:
             raise errors.ServerError(f"refused: {msg}")
 
     async def _once(self, addr: str, method: str, path: str, body: dict[str, Any] | None,
-                    params: dict[str, str] | None, timeout_s: float
-                    ) -> tuple[int, dict[str, Any]]:
-        t = max(0.05, min(timeout_s, self.attempt_timeout_s))
+                    params: dict[str, str] | None, timeout_s: float,
+                    attempt_timeout_s: float | None = None) -> tuple[int, dict[str, Any]]:
+        t = max(0.05, min(timeout_s, attempt_timeout_s or self.attempt_timeout_s))
         async with self._session().request(
                 method, f"http://{addr}{path}", json=body, params=params,
                 headers={SECRET_HEADER: self.secret}, allow_redirects=False,

@@ -92,7 +92,11 @@ class Replica:
     def __init__(self, *, node_id: int, group_id: int, conf: ConfState, data_dir: Path,
                  send: Callable[[int, list[Message]], None], settings: ReplicaSettings,
                  address_of: Callable[[int], str | None], open_store: OpenStore,
-                 stream_snapshot: StreamSnapshot | None = None) -> None:
+                 stream_snapshot: StreamSnapshot | None = None,
+                 on_conf: Callable[[int, ConfState], None] | None = None) -> None:
+        self.on_conf = on_conf
+        """Called with (group, membership) whenever the membership in the log changes."""
+        self._seen_conf: ConfState | None = None
         self.open_store = open_store
         self.node_id = node_id
         self.group_id = group_id
@@ -149,6 +153,9 @@ class Replica:
             conf=conf, hard_state=loaded.hard_state, snapshot=loaded.snapshot,
             entries=loaded.entries, applied=applied, log_start=loaded.log_start))
         self.applied_index = applied
+        self._seen_conf = self.core.conf
+        if self.on_conf is not None:
+            self.on_conf(self.group_id, self.core.conf)
         self.snapshotter.last_index = loaded.snapshot.index if loaded.snapshot else 0
         self._tasks = [loop.create_task(self._ready_loop()), loop.create_task(self._ticker()),
                        loop.create_task(self._guard(self._apply_loop()))]
@@ -298,6 +305,90 @@ class Replica:
             self._reads.pop(ctx, None)
             raise errors.Unavailable(f"read not confirmed within {timeout_s:.1f}s") from None
 
+    # --- membership -------------------------------------------------------------------
+
+    def committed_conf(self) -> ConfState:
+        """The newest membership that is committed (the log may hold a newer one)."""
+        core = self._ready_core()
+        return core.conf_at(core.log.committed)
+
+    async def change_conf(self, change: Callable[[ConfState], ConfState], *,
+                          timeout_s: float) -> ConfState:
+        """Propose ``change(current membership)`` and wait until it is applied here.
+
+        Raises NotLeader, InvalidArgument (a change the rules refuse), Unavailable (one
+        must wait: another change is in flight) or OutcomeUnknown.
+        """
+        core = self._ready_core()
+        if core.role != Role.LEADER:
+            raise self._not_leader(core.leader)
+        new = change(core.conf)
+        if new == core.conf:
+            return new
+        try:
+            index, term = core.propose_conf(new)
+        except CoreNotLeader as e:
+            raise self._not_leader(e.leader) from None
+        except ProposalDropped as e:
+            raise errors.Unavailable(str(e)) from None
+        except ValueError as e:
+            raise errors.InvalidArgument(str(e)) from None
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = (term, fut)
+        self._wake.set()
+        try:
+            await _with_timeout(fut, timeout_s)
+        except TimeoutError:
+            self._proposals.pop(index, None)
+            raise errors.OutcomeUnknown(
+                f"membership change not committed within {timeout_s:.1f}s") from None
+        log.info("group %d: membership is now voters %s learners %s (index %d)",
+                 self.group_id, sorted(new.voters), sorted(new.learners), index)
+        return new
+
+    async def transfer_leadership(self, target: int, *, timeout_s: float) -> None:
+        """Hand leadership to voter ``target`` and wait until it leads (or time out)."""
+        core = self._ready_core()
+        try:
+            core.transfer_leadership(target)
+        except CoreNotLeader as e:
+            raise self._not_leader(e.leader) from None
+        except ValueError as e:
+            raise errors.InvalidArgument(str(e)) from None
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not (core.leader == target and core.role != Role.LEADER):
+            if loop.time() > deadline:
+                raise errors.Unavailable(f"node {target} did not take over within "
+                                         f"{timeout_s:.1f}s (it may be lagging or down)")
+            await asyncio.sleep(0.02)
+
+    async def wait_caught_up(self, peer: int, *, timeout_s: float) -> int:
+        """Wait until ``peer`` holds every entry committed when the wait began.
+
+        Returns the index it reached. Raises NotLeader if leadership moves, Unavailable
+        on timeout (the learner is too slow or unreachable).
+        """
+        core = self._ready_core()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        target = core.log.committed
+        while True:
+            if core.role != Role.LEADER:
+                raise self._not_leader(core.leader)
+            pr = core.prs.get(peer)
+            if pr is None:
+                raise errors.InvalidArgument(f"node {peer} is not a member of group "
+                                             f"{self.group_id}")
+            if pr.match >= target:
+                return pr.match
+            if loop.time() > deadline:
+                raise errors.Unavailable(
+                    f"node {peer} has not caught up within {timeout_s:.1f}s (at {pr.match} "
+                    f"of {target}); it stays a learner")
+            await asyncio.sleep(0.05)
+
     def _ready_core(self) -> RaftCore:
         if self.core is None or self.failed.done():
             raise errors.Unavailable(f"replica of group {self.group_id} is not running")
@@ -365,6 +456,10 @@ class Replica:
                 self._apply_items.append(rd.committed)
                 self._apply_wake.set()
         core.advance(rd)
+        if core.conf is not self._seen_conf:
+            self._seen_conf = core.conf
+            if self.on_conf is not None:
+                self.on_conf(self.group_id, core.conf)
         for rs in rd.read_states:
             heapq.heappush(self._parked_reads, (rs.index, rs.ctx))
         for ctx in rd.dropped_reads:
@@ -444,11 +539,14 @@ class Replica:
             log.info("group %d: node %d lost leadership (term %d)", self.group_id,
                      self.node_id, soft.term)
             err = self._not_leader(soft.leader)
-            for _, fut in self._proposals.values():
+            # Entries already committed will still be applied here: their proposers get
+            # the real answer (a removed leader steps down as its removal commits).
+            committed = self.core.log.committed if self.core is not None else 0
+            for index in [i for i in self._proposals if i > committed]:
+                _, fut = self._proposals.pop(index)
                 if not fut.done():
                     fut.set_exception(errors.OutcomeUnknown(
                         f"leadership lost before the write committed ({err})"))
-            self._proposals.clear()
 
     def _fail_all(self, exc: Exception) -> None:
         """Fail every waiter: proposals with OutcomeUnknown (they may still commit)."""
@@ -473,7 +571,11 @@ class Replica:
             "leader_address": self.address_of(st.leader) if st.leader else None,
             "commit": st.commit, "applied": self.applied_index, "last_index": st.last_index,
             "snapshot_index": st.snapshot_index,
-            "voters": sorted(self.core.conf.voters),
+            "voters": list(st.voters),
+            "learners": list(st.learners),
+            "member": self.node_id in self.core.conf.all_nodes(),
+            "pending_conf_index": st.pending_conf_index,
+            "addresses": {str(k): a for k, a in self.core.conf.addresses},
             "progress": {str(p): {"match": m, "next": n, "state": s.lower()}
                          for p, (m, n, s) in st.progress.items()},
             "pending_proposals": len(self._proposals), "pending_reads": len(self._reads),

@@ -10,6 +10,7 @@ the group's committed log, so a "yes" is never premature.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kvraft import errors
@@ -38,6 +39,7 @@ class ShardServiceMixin:
     replicas: dict[int, Replica]
     configs: ConfigSource
     caller: GroupCaller
+    controller_addrs: Callable[[], list[str]]
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -45,7 +47,7 @@ class ShardServiceMixin:
         r = self.replicas.get(0)
         if r is None:
             raise errors.NotFound("this node does not host the controller (group 0); "
-                                  f"ask one of {','.join(self.cfg.controller_addrs())}")
+                                  f"ask one of {','.join(self.controller_addrs())}")
         st = r.state
         assert isinstance(st, ControllerStore)
         return r, st
@@ -76,7 +78,7 @@ class ShardServiceMixin:
 
     async def shard_map(self, *, fresh: bool) -> dict[str, Any]:
         cfg = await self.configs.refresh() if fresh else self.configs.latest
-        return {"config": cfg.to_dict(), "controller": self.cfg.controller_addrs(),
+        return {"config": cfg.to_dict(), "controller": self.controller_addrs(),
                 "node": self.cfg.node_id, "groups_here": sorted(self.replicas)}
 
     async def scan(self, start: str, end: str | None, limit: int, *, timeout_s: float,

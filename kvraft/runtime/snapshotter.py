@@ -163,7 +163,7 @@ class Snapshotter:
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
         snap = await loop.run_in_executor(self._io, snapfiles.create_snapshot,
-                                          r.state.path, self.dir, core.conf)
+                                          r.state.path, self.dir, core.conf_history())
         elapsed = time.monotonic() - t0
         self.stats.taken += 1
         self.stats.last_take_s = elapsed

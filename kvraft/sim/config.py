@@ -22,6 +22,7 @@ FAULT_KINDS = ("crash", "split", "isolate", "oneway", "partial", "loss", "dup", 
 
 _SNAPSHOT_FIELDS = frozenset({"snapshot_margin", "snapshot_take_max", "snapshot_keep",
                               "stream_delay_max", "stream_fail", "install_crash"})
+_MEMBERSHIP_FIELDS = frozenset({"voters_min", "voters_max", "retire_ticks_max"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,21 @@ class SimConfig:
     its disk recorded the snapshot and before its state machine was replaced (with the
     ``crash`` fault, while faulty)."""
 
+    # --- membership changes -----------------------------------------------------------
+    conf_change_rate: float = 0.0
+    """Per-tick probability (while faulty) that the operator starts a membership change:
+    add a learner (a new node id, started with an empty membership), promote a learner,
+    remove a voter or a learner, replace the leader (add, promote, remove the leader),
+    or remove a voter and add it back under a new id. 0: the membership never changes
+    (and the world's random stream is the same as before membership was simulated)."""
+    voters_min: int = 1
+    """The operator never removes a voter from a group of this many voters."""
+    voters_max: int = 5
+    """The operator never promotes a learner into a group of this many voters."""
+    retire_ticks_max: int = 100
+    """A removed node keeps running (it does not know it was removed) for up to this many
+    ticks after its removal is committed, then it is shut down for good."""
+
     # --- clients --------------------------------------------------------------------
     propose_rate: float = 0.5
     """Mean proposals per tick."""
@@ -114,6 +130,8 @@ class SimConfig:
             v = getattr(self, f.name)
             if not self.snapshot_every and f.name in _SNAPSHOT_FIELDS:
                 continue  # irrelevant without snapshots
+            if not self.conf_change_rate and f.name in _MEMBERSHIP_FIELDS:
+                continue  # irrelevant without membership changes
             if v != getattr(default, f.name):
                 if isinstance(v, frozenset):
                     v = ",".join(sorted(v)) or "-"
@@ -126,7 +144,8 @@ class SimConfig:
         """The same world with every fault and the random clients switched off."""
         return replace(self, faults=frozenset(), crash_rate=0.0, crash_after_write=0.0,
                        partition_rate=0.0, stream_fail=0.0, install_crash=0.0,
-                       loss=0.0, dup=0.0, transfer_rate=0.0, propose_rate=0.0, read_rate=0.0)
+                       loss=0.0, dup=0.0, transfer_rate=0.0, propose_rate=0.0, read_rate=0.0,
+                       conf_change_rate=0.0)
 
 
 def snapshot_rng(seed: int) -> random.Random:
@@ -138,13 +157,23 @@ def snapshot_rng(seed: int) -> random.Random:
     return random.Random(seed * 1_000_003 + 0x5A)
 
 
+def membership_rng(seed: int) -> random.Random:
+    """The generator the membership parameters of a seed's profile are drawn from (kept
+    apart for the same reason as :func:`snapshot_rng`)."""
+    return random.Random(seed * 1_000_033 + 0xC0)
+
+
 def profile_for_seed(rng: random.Random, nodes: int, ticks: int, *,
-                     snap_rng: random.Random | None = None, **overrides: Any) -> SimConfig:
+                     snap_rng: random.Random | None = None,
+                     member_rng: random.Random | None = None,
+                     **overrides: Any) -> SimConfig:
     """Draw a random fault/timing profile from ``rng`` (the world's generator).
 
     The snapshot parameters are drawn from ``snap_rng`` (see :func:`snapshot_rng`);
-    without it snapshots stay off. ``overrides`` replace drawn fields; passing
-    ``faults`` restricts the fault kinds.
+    without it snapshots stay off. The membership parameters are drawn from
+    ``member_rng`` (see :func:`membership_rng`); without it the membership never
+    changes. ``overrides`` replace drawn fields; passing ``faults`` restricts the fault
+    kinds.
     """
     faults = frozenset(k for k in FAULT_KINDS if rng.random() < 0.6)
     if not faults:
@@ -186,6 +215,8 @@ def profile_for_seed(rng: random.Random, nodes: int, ticks: int, *,
     )
     if snap_rng is not None:
         cfg = replace(cfg, **snapshot_profile(snap_rng))
+    if member_rng is not None:
+        cfg = replace(cfg, **membership_profile(member_rng, nodes, cfg.election_ticks))
     return replace(cfg, **overrides) if overrides else cfg
 
 
@@ -203,4 +234,17 @@ def snapshot_profile(rng: random.Random) -> dict[str, Any]:
         "stream_delay_max": rng.randint(1, 6 * STEPS_PER_TICK),
         "stream_fail": rng.choice((0.0, rng.uniform(0.05, 0.4))),
         "install_crash": rng.choice((0.0, rng.uniform(0.05, 0.5))),
+    }
+
+
+def membership_profile(rng: random.Random, nodes: int, election_ticks: int) -> dict[str, Any]:
+    """Membership parameters: a change started every 20 to 200 ticks, groups kept
+    between 1..3 and 3..6 voters, removed nodes left running for up to 0..20 election
+    timeouts."""
+    lo = rng.choice((1, 2, 3, 3))
+    return {
+        "conf_change_rate": rng.uniform(0.005, 0.05),
+        "voters_min": lo,
+        "voters_max": max(lo, rng.choice((3, 4, 5, 5, 6))),
+        "retire_ticks_max": rng.randint(0, 20 * election_ticks),
     }

@@ -142,6 +142,10 @@ class SimNode:
         self.disk_delay: tuple[int, int] | None = None
         """(min, max) steps of this node's writes instead of 1..persist_delay_max: a slow
         disk, for scripted scenarios."""
+        self.retired = False
+        """Shut down for good (removed from the group): never restarted."""
+        self.stepping: Message | None = None
+        """The message being stepped (the checkers read the vote that wins an election)."""
 
     @property
     def up(self) -> bool:
@@ -177,7 +181,10 @@ class SimNode:
             self.host.count("snap-recover")
             self._replace_state_machine(snap, data)
         rng = random.Random(self.host.rng.getrandbits(64))
-        state = InitialState(conf=self.conf, hard_state=d.hard_state, snapshot=d.snapshot,
+        # The membership at the snapshot (the bootstrap one without a snapshot); the core
+        # reads the CONF entries after it from the log.
+        conf = d.snapshot.conf if d.snapshot is not None else self.conf
+        state = InitialState(conf=conf, hard_state=d.hard_state, snapshot=d.snapshot,
                              entries=list(d.entries), applied=d.applied,
                              log_start=d.log_start)
         self.core = self.core_factory(self.raft_cfg, rng, state)
@@ -205,8 +212,12 @@ class SimNode:
         self._after_op()
 
     def receive(self, m: Message) -> None:
-        self.the_core().step(m)
-        self._after_op()
+        self.stepping = m
+        try:
+            self.the_core().step(m)
+            self._after_op()
+        finally:
+            self.stepping = None
 
     def receive_snapshot(self, m: Message, data: SnapData) -> None:
         """A snapshot stream completed: keep the file (if it is news), then step SNAP."""
@@ -223,6 +234,12 @@ class SimNode:
     def propose(self, data: bytes) -> tuple[int, int]:
         try:
             return self.the_core().propose(data)
+        finally:
+            self._after_op()
+
+    def propose_conf(self, conf: ConfState) -> tuple[int, int]:
+        try:
+            return self.the_core().propose_conf(conf)
         finally:
             self._after_op()
 
@@ -353,7 +370,9 @@ class SimNode:
         if every <= 0 or self.taking or self.applied - self.snap_last < every:
             return
         core = self.the_core()
-        meta = SnapshotMeta(self.applied, self.sm[-1].term, core.conf)
+        # The membership in force at the snapshot's index, not the newest one in the log
+        # (an uncommitted change above it may still be truncated).
+        meta = SnapshotMeta(self.applied, self.sm[-1].term, core.conf_at(self.applied))
         data: SnapData = tuple(self.sm)
         host.checker.on_snapshot_taken(self, meta, data)
         self.taking = True
@@ -400,7 +419,7 @@ class SimNode:
     def describe(self) -> str:
         d = self.disk
         if self.core is None:
-            return (f"n{self.id}: DOWN (durable term {d.hard_state.term}, "
+            return (f"n{self.id}: {'RETIRED' if self.retired else 'DOWN'} (durable term {d.hard_state.term}, "
                     f"log {d.describe_log()}, applied {d.applied})")
         st = self.core.status()
         lead = st.leader if st.leader != NONE else "-"

@@ -3,6 +3,7 @@
     python -m kvraft.sim --seeds 200 --start 1 --nodes 5 --ticks 2000
     python -m kvraft.sim --seeds 50                 # seeds drawn from the OS, printed
     python -m kvraft.sim --seed 1234 -v             # replay one seed with a trace
+    python -m kvraft.sim --seeds 300 --start 1 --membership   # with membership changes
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from kvraft.raft import RaftCore
 from kvraft.sim.checkers import SafetyViolation
 from kvraft.sim.cluster import Cluster
-from kvraft.sim.config import profile_for_seed, snapshot_rng
+from kvraft.sim.config import membership_rng, profile_for_seed, snapshot_rng
 from kvraft.sim.node import CoreFactory
 
 
@@ -35,25 +36,29 @@ class SeedResult:
 
 
 def make_cluster(seed: int, nodes: int = 3, ticks: int = 1000, *, verbose: int = 0,
-                 core_factory: CoreFactory = RaftCore,
+                 core_factory: CoreFactory = RaftCore, membership: bool = False,
                  out: Callable[[str], None] = print, **overrides: Any) -> Cluster:
     """The cluster of a seed: its fault profile is drawn from the seed's generator (the
-    snapshot parameters from :func:`~kvraft.sim.config.snapshot_rng`)."""
+    snapshot parameters from :func:`~kvraft.sim.config.snapshot_rng`; with
+    ``membership``, random membership changes from
+    :func:`~kvraft.sim.config.membership_rng`)."""
     rng = random.Random(seed)
-    cfg = profile_for_seed(rng, nodes, ticks, snap_rng=snapshot_rng(seed), **overrides)
+    cfg = profile_for_seed(rng, nodes, ticks, snap_rng=snapshot_rng(seed),
+                           member_rng=membership_rng(seed) if membership else None,
+                           **overrides)
     return Cluster(seed, cfg, rng=rng, core_factory=core_factory, verbose=verbose, out=out)
 
 
 def run_seed(seed: int, nodes: int = 3, ticks: int = 1000, *, verbose: int = 0,
-             core_factory: CoreFactory = RaftCore, out: Callable[[str], None] = print,
-             **overrides: Any) -> SeedResult:
+             core_factory: CoreFactory = RaftCore, membership: bool = False,
+             out: Callable[[str], None] = print, **overrides: Any) -> SeedResult:
     """Run one seed; a failure is reported in the result, never raised."""
     t0 = time.perf_counter()
     res = SeedResult(seed, nodes, ticks, ok=True)
     cluster = None
     try:
         cluster = make_cluster(seed, nodes, ticks, verbose=verbose, core_factory=core_factory,
-                               out=out, **overrides)
+                               membership=membership, out=out, **overrides)
         cluster.run()
     except SafetyViolation as e:
         res.ok, res.error = False, str(e)
@@ -81,13 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "without it seeds are drawn from the OS")
     ap.add_argument("--nodes", type=int, choices=(3, 5), default=3)
     ap.add_argument("--ticks", type=int, default=1000, help="ticks of faulty operation")
+    ap.add_argument("--membership", action="store_true",
+                    help="also change the membership at random (learners added and "
+                         "promoted, voters removed, the leader replaced)")
     ap.add_argument("-v", "--verbose", action="count", default=0,
                     help="-v: faults, elections, commits; -vv: also clients; "
                          "-vvv: also every message")
     args = ap.parse_args(argv)
 
     if args.seed is not None:
-        res = run_seed(args.seed, args.nodes, args.ticks, verbose=args.verbose)
+        res = run_seed(args.seed, args.nodes, args.ticks, verbose=args.verbose,
+                       membership=args.membership)
         print(("OK " if res.ok else "FAIL ") + f"seed={res.seed} nodes={res.nodes} "
               f"ticks={res.ticks} ({res.seconds:.1f}s) {res.summary}")
         if not res.ok:
@@ -100,18 +109,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sysrng = random.SystemRandom()
         seeds = [sysrng.randrange(1 << 32) for _ in range(n)]
+    m = " --membership" if args.membership else ""
     failures = 0
     t0 = time.perf_counter()
     for seed in seeds:
         if args.start is None:
             print(f"seed {seed}", flush=True)
-        res = run_seed(seed, args.nodes, args.ticks)
+        res = run_seed(seed, args.nodes, args.ticks, membership=args.membership)
         if not res.ok:
             failures += 1
             print(f"FAIL seed={seed} nodes={args.nodes} ticks={args.ticks}: {res.error}  "
                   f"(replay: python -m kvraft.sim --seed {seed} --nodes {args.nodes} "
-                  f"--ticks {args.ticks} -v)", flush=True)
-    print(f"{len(seeds)} seeds, {failures} failed, nodes={args.nodes} ticks={args.ticks} "
+                  f"--ticks {args.ticks}{m} -v)", flush=True)
+    print(f"{len(seeds)} seeds, {failures} failed, nodes={args.nodes} ticks={args.ticks}{m} "
           f"({time.perf_counter() - t0:.1f}s)")
     return 1 if failures else 0
 

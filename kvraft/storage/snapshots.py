@@ -89,10 +89,13 @@ def read_state_meta(db: Path) -> dict[str, str]:
         conn.close()
 
 
-def create_snapshot(state_db: Path, snap_dir: Path, conf: ConfState) -> LocalSnapshot:
+def create_snapshot(state_db: Path, snap_dir: Path,
+                    conf: ConfState | Callable[[int], ConfState]) -> LocalSnapshot:
     """Copy ``state_db`` into a new snapshot in ``snap_dir``; returns its description.
 
-    Safe to call while another connection keeps writing to ``state_db``.
+    ``conf`` is the membership, or a function giving the membership in force at the
+    snapshot's index (known only once the copy is made). Safe to call while another
+    connection keeps writing to ``state_db``.
     """
     snap_dir.mkdir(parents=True, exist_ok=True)
     tmp = snap_dir / f"tmp-{os.getpid()}-{id(snap_dir)}.sqlite"
@@ -111,7 +114,8 @@ def create_snapshot(state_db: Path, snap_dir: Path, conf: ConfState) -> LocalSna
     final = snap_dir / f"{snapshot_name(index, term)}.sqlite"
     os.replace(tmp, final)
     digest, size = sha256_file(final)
-    snap = LocalSnapshot(index, term, conf, final, size, digest)
+    snap = LocalSnapshot(index, term, conf(index) if callable(conf) else conf, final, size,
+                         digest)
     _write_sidecar(snap)
     fsync_dir(snap_dir)
     return snap

@@ -69,6 +69,9 @@ class LocalCluster:
         self.env.update({"KVRAFT_SECRET": self.secret, "PYTHONUNBUFFERED": "1"})
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
+        self.bootstrap_ids = list(self.ids)
+        self.joined: dict[int, str] = {}
+        """Nodes added after bootstrap: id -> the member they join through."""
 
     # --- processes ---------------------------------------------------------------------
 
@@ -144,8 +147,11 @@ class LocalCluster:
             raise ClusterError(f"node {i} is already running")
         argv = [sys.executable, "-m", "kvraft", "serve", "--id", str(i),
                 "--listen", self.addrs[i], "--data-dir", str(self.data_dir(i)), *self.args]
-        for j in self.ids:
-            argv += ["--peer", f"{j}={self.addrs[j]}"]
+        if i in self.joined:
+            argv += ["--join", self.joined[i]]
+        else:
+            for j in self.bootstrap_ids:
+                argv += ["--peer", f"{j}={self.addrs[j]}"]
         for g in self.groups:
             argv += ["--group", str(g)]
         if 0 not in self.groups:
@@ -154,6 +160,57 @@ class LocalCluster:
             self.procs[i] = subprocess.Popen(argv, env=self.env, stdout=log,
                                              stderr=subprocess.STDOUT)
         self.paused.discard(i)
+
+    def new_node(self, via: int | None = None) -> int:
+        """Start a new node (the next free id) with ``--join``: it hosts this cluster's
+        groups but is a member of none until added (see :meth:`member`)."""
+        i = max(self.ids) + 1
+        self.ids.append(i)
+        self.addrs[i] = f"127.0.0.1:{free_port()}"
+        self.joined[i] = self.addrs[via if via is not None else self.bootstrap_ids[0]]
+        self.start_node(i)
+        return i
+
+    def member(self, op: str, node: int, *, group: int = 1, via: int | None = None,
+               timeout_s: float = 120.0, **extra: Any) -> dict[str, Any]:
+        """Run a membership change (``add``, ``add-learner``, ``promote``, ``remove``)
+        through node ``via`` (any running member by default), following redirects."""
+        body: dict[str, Any] = {"op": op, "group": group, "id": node,
+                                "timeout_s": timeout_s, **extra}
+        if op in ("add", "add-learner"):
+            body.setdefault("address", self.addrs[node])
+        return self._admin_call("POST", "/v1/admin/members", body, via, timeout_s)
+
+    def members_of(self, group: int = 1, via: int | None = None) -> dict[str, Any]:
+        return self._admin_call("GET", f"/v1/admin/members?group={group}", None, via, 10.0)
+
+    def _admin_call(self, method: str, path: str, body: Any, via: int | None,
+                    timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        last: Any = None
+        while time.monotonic() < deadline:
+            nodes = [via] if via is not None else [
+                i for i in self.ids if self.running(i) and i not in self.paused]
+            for i in nodes:
+                addr = self.addrs[i]
+                for _ in range(3):
+                    try:
+                        code, doc = self._request_addr(addr, method, path, body,
+                                                       timeout_s=timeout_s)
+                    except (OSError, ValueError) as e:
+                        last = e
+                        break
+                    if code == 307 and isinstance(doc, dict) and doc.get("leader"):
+                        addr = doc["leader"]
+                        continue
+                    if code == 200:
+                        return dict(doc)
+                    if code in (400, 401, 404):
+                        raise ClusterError(f"{method} {path} {body}: {code} {doc}")
+                    last = (code, doc)
+                    break
+            time.sleep(0.1)
+        raise ClusterError(f"{method} {path} {body} did not succeed: {last}")
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
         p = self.procs[i]

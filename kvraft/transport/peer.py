@@ -34,6 +34,9 @@ log = logging.getLogger("kvraft.transport")
 STREAM_PATH = "/raft/v1/stream"
 SECRET_HEADER = "X-Kvraft-Secret"
 NODE_HEADER = "X-Kvraft-Node"
+ADDR_HEADER = "X-Kvraft-Addr"
+"""The sender's own HOST:PORT: a node that joins a group learns how to answer its
+leader from the leader's first stream, before any membership entry reaches it."""
 
 Deliver = Callable[[int, list[Message]], None]
 Unreachable = Callable[[int], None]
@@ -120,6 +123,8 @@ class _PeerLink:
         session = self.t.session
         assert session is not None
         headers = {SECRET_HEADER: self.t.secret, NODE_HEADER: str(self.t.node_id)}
+        if self.t.listen:
+            headers[ADDR_HEADER] = self.t.listen
         ws = await asyncio.wait_for(
             session.ws_connect(f"http://{self.addr}{STREAM_PATH}", headers=headers,
                                heartbeat=2.0, max_msg_size=0), self.t.connect_timeout_s)
@@ -168,7 +173,11 @@ class _PeerLink:
 class PeerTransport:
     def __init__(self, *, node_id: int, secret: str, deliver: Deliver,
                  unreachable: Callable[[int, int], None] | None = None,
-                 max_queue_msgs: int = 10_000, connect_timeout_s: float = 2.0) -> None:
+                 max_queue_msgs: int = 10_000, connect_timeout_s: float = 2.0,
+                 listen: str = "", learn: Callable[[int, str], None] | None = None) -> None:
+        self.listen = listen
+        self.learn = learn
+        """Called with (peer, address) when a peer this node has no link to connects."""
         if not secret:
             raise ValueError("a cluster secret is required")
         self.node_id = node_id
@@ -227,6 +236,9 @@ class PeerTransport:
             raise web.HTTPBadRequest(text=json.dumps(
                 {"error": "bad_request", "message": f"missing or invalid {NODE_HEADER}"}),
                 content_type="application/json") from None
+        addr = request.headers.get(ADDR_HEADER, "")
+        if sender not in self.links and addr and self.learn is not None and sender != self.node_id:
+            self.learn(sender, addr)
         ws = web.WebSocketResponse(heartbeat=2.0, max_msg_size=0)
         await ws.prepare(request)
         self._inbound.add(ws)
