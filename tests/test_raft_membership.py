@@ -119,12 +119,51 @@ def test_learner_never_campaigns_and_gets_no_votes() -> None:
         c.run("tick 4")
         assert l4.role == Role.FOLLOWER
     assert not c.core(4).msgs and c.env.network == []
-    # A vote request from a learner is refused even though it is up to date.
-    last = l4.log.last_index()
-    c.core(2).step(Message(MsgType.PRE_VOTE, to=2, frm=4, term=l4.term + 1, index=last,
-                           log_term=l4.log.last_term()))
-    (resp,) = c.core(2).msgs
-    assert resp.type == MsgType.PRE_VOTE_RESP and resp.reject
+
+
+def test_a_voter_that_does_not_know_it_is_one_still_votes() -> None:
+    """Regression: votes used to be refused to candidates that are not voters in the
+    voter's own membership. Voters {1, 6, 7}: 7 was added and promoted while far behind
+    (its log holds neither change, its membership is still empty), then leader 1
+    removed itself ({6, 7}, uncommitted) and stepped down. 6 can only win with 7's vote,
+    and 7 refused it: the group could never elect a leader again (found by the
+    simulator, seed 45 with membership changes)."""
+    joiner = RaftCore(Config(id=7, check_quorum=False), random.Random(0),
+                      InitialState(conf=conf(set())))
+    joiner.step(Message(MsgType.APP, to=7, frm=1, term=10, index=0, log_term=0, commit=1,
+                        entries=[Entry(1, 10)]))
+    joiner.msgs.clear()
+    for t in (MsgType.PRE_VOTE, MsgType.VOTE):
+        joiner.step(Message(t, to=7, frm=6, term=11, index=5, log_term=10))
+        (resp,) = joiner.msgs
+        joiner.msgs.clear()
+        assert not resp.reject, f"{t.name} refused"
+    # The same in a whole group: 6 wins with 7's vote.
+    c = started(3)
+    c.run("add-node 4")
+    c.run("partition 1 2 3")  # 4 is cut off: it learns nothing
+    c.run("add-learner 1 4 quiet=true")
+    c.stabilize()
+    c.run("promote 1 4 quiet=true")
+    c.run("stabilize 1 2 3 quiet=true")
+    c.run("remove 1 3 quiet=true")  # voters {1, 2, 4}
+    c.run("stabilize 1 2 quiet=true")
+    c.run("crash 3")
+    c.run("remove 1 1 quiet=true")  # voters {2, 4}: needs 4, which knows nothing
+    c.run("stabilize 1 2 quiet=true")
+    assert c.core(4).conf == conf(set()) and c.core(2).conf == conf({2, 4})
+    c.run("heal")
+    for _ in range(10):
+        if c.leaders() and c.core(c.leaders()[0]).id in (2, 4):
+            break
+        c.run("tick-election 1 2 4 quiet=true")
+        c.stabilize()
+    assert c.leaders() == [2] or c.leaders() == [4]
+    lead = c.leaders()[0]
+    c.run(f"propose {lead} x quiet=true")
+    c.stabilize()
+    assert c.core(4).conf == conf({2, 4})
+    assert c.core(4).log.committed == c.core(2).log.committed == c.core(2).log.last_index()
 
 
 def test_add_learner_then_promote() -> None:

@@ -55,10 +55,13 @@ def step(r: RaftCore, m: Message) -> None:
 
 def _handle_vote_request(r: RaftCore, m: Message) -> None:
     resp = MsgType.VOTE_RESP if m.type == MsgType.VOTE else MsgType.PRE_VOTE_RESP
-    # A node that is not a voter in our membership (removed, or a learner) gets no
-    # vote: refusing is always safe, and a removed node that missed its removal
-    # cannot win a pre-vote, so it never raises the group's term.
-    can_vote = m.frm in r.conf.voters and (
+    # Votes do not consult the membership (Raft thesis 4.1): a lagging voter may not
+    # yet hold the entry that made the candidate a voter (or even the one that added
+    # this node, whose membership is then still empty), and refusing would leave a
+    # group whose live majority cannot elect anyone. A removed node that missed its
+    # removal gets no majority anyway: a majority of its old membership holds the
+    # removal entry, so its log is behind theirs.
+    can_vote = (
         r.vote == m.frm
         or (r.vote == NONE and r.leader == NONE)
         or (m.type == MsgType.PRE_VOTE and m.term > r.term)
