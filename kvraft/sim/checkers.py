@@ -29,15 +29,53 @@ Each check has a name (used in failure messages and in ``SimConfig.disabled_chec
   core's log when the Ready was taken, committed or compacted entries are never
   overwritten, a snapshot to install was received first, a restart behind the log
   finds the recorded snapshot.
+- ``membership``: every replica, after every operation, uses exactly the membership
+  its own log says: the newest CONF entry in its log, else the membership of the
+  committed log at its compaction point (the bootstrap one, or for a node that joined,
+  its empty one, when it has no snapshot). So every quorum a leader or candidate
+  computes is over a membership that is in its log, which the single-server rule
+  relies on. Every snapshot carries the membership of the committed log at its index.
+- ``quorum``: no two disjoint majorities ever decide. Commit decisions and election
+  wins are re-derived from durable state, not from the core's bookkeeping:
+
+  * a leader advancing its commit index to ``i`` (an entry of its term ``T``) must have
+    a majority of its voters ``V`` holding ``i@T`` on their disks (or compacted past
+    it). An acknowledgement is only sent once durable, and an entry acknowledged in
+    term ``T`` cannot be dropped before the leader counts it unless a later leader
+    lacking it was elected by a majority disjoint from the acknowledging one; so in a
+    correct Raft the durable holders include the true acknowledging set.
+  * a candidate winning term ``T`` must have granted votes from a majority of its
+    voters, and, for the newest entry committed in a term below ``T``, one of those
+    voters must hold it (in memory or on disk, or compacted past it). A vote is only
+    sent once the voter's log up to then is durable, so this says the election
+    majority and the majority that committed the entry intersect (the heart of Leader
+    Completeness across membership changes: consecutive single-server memberships
+    have overlapping majorities, and a leader only changes once the previous change
+    is committed). A core that counts a learner or a removed node, changes two voters
+    at once or a second time before the first change commits, fails it.
 - ``linearizable-read`` / ``durability`` / ``liveness``: checked by the client and the
   cluster (see ``client.py`` and ``cluster.py``).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
-from kvraft.raft import NONE, Entry, HardState, RaftCore, RaftError, Ready, Role, SnapshotMeta
+from kvraft.raft import (
+    NONE,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    MsgType,
+    RaftCore,
+    RaftError,
+    Ready,
+    Role,
+    SnapshotMeta,
+)
+from kvraft.sim.node import is_command
 
 if TYPE_CHECKING:
     from kvraft.sim.cluster import Cluster
@@ -73,8 +111,26 @@ class Checker:
         self.role_seen: dict[int, Role] = {}
         self.snapshots: dict[tuple[int, int], SnapData] = {}
         """(index, term) -> the content of every snapshot taken, checked on creation."""
-        self._scanned: dict[int, tuple[list[Entry], int, int, Entry | None]] = {}
-        """node -> (its log's entry list, snapshot index, entries checked, last checked)."""
+        self._scanned: dict[int, tuple[list[Entry], int, int, Entry | None, int,
+                                       ConfState | None]] = {}
+        """node -> (its log's entry list, snapshot index, entries checked, last checked,
+        position of the newest CONF entry among them or -1, its membership)."""
+        self.confs: list[tuple[int, ConfState]] = [
+            (0, ConfState(frozenset(range(1, cluster.cfg.nodes + 1))))]
+        """The committed memberships: (index of the CONF entry, membership), the
+        bootstrap one at 0."""
+        self.cand_votes: dict[int, tuple[int, frozenset[int]]] = {}
+        """candidate -> (term, the nodes that granted it a vote so far)."""
+
+    def committed_conf(self) -> ConfState:
+        return self.confs[-1][1]
+
+    def conf_at_committed(self, index: int) -> ConfState:
+        """The membership of the committed log at ``index``."""
+        for at, conf in reversed(self.confs):
+            if at <= index:
+                return conf
+        raise AssertionError("the bootstrap membership is at index 0")
 
     def fail(self, check: str, message: str) -> None:
         if check in self.disabled:
@@ -90,6 +146,7 @@ class Checker:
             return
         nid = node.id
         self._check_invariants(nid, core)
+        self._check_conf(node, core)
         term = core.term
         if term < self.term_seen.get(nid, 0):
             self.fail("invariants", f"n{nid}: term went back from {self.term_seen[nid]} to {term}")
@@ -99,9 +156,12 @@ class Checker:
             other = self.leaders.get(term)
             if other is None:
                 self.leaders[term] = nid
+                self._check_election(node)
                 self._check_new_leader(node)
             elif other != nid:
                 self.fail("election-safety", f"n{nid} and n{other} both lead term {term}")
+        elif role == Role.CANDIDATE:
+            self.cand_votes[nid] = (term, frozenset(p for p, v in core.votes.items() if v))
         if role != self.role_seen.get(nid):
             self.role_seen[nid] = role
             self.cluster.trace_role(node)
@@ -122,11 +182,13 @@ class Checker:
         ents = log.entries
         si = log.snapshot_index
         n = 0
+        conf_k, conf = -1, None
         prev = self._scanned.get(nid)
         if prev is not None and prev[0] is ents and prev[1] == si:
             k = prev[2]
             if k <= len(ents) and (k == 0 or ents[k - 1] is prev[3]):
                 n = k
+                conf_k, conf = prev[4], prev[5]
         prev_term = ents[n - 1].term if n else log.snapshot_term
         for k in range(n, len(ents)):
             e = ents[k]
@@ -135,7 +197,12 @@ class Checker:
             if e.term < prev_term:
                 self.fail("invariants", f"n{nid}: term decreases at index {e.index}")
             prev_term = e.term
-        self._scanned[nid] = (ents, si, len(ents), ents[-1] if ents else None)
+            if e.kind == EntryKind.CONF:
+                try:
+                    conf_k, conf = k, ConfState.decode(e.data)
+                except ValueError as err:
+                    self.fail("membership", f"n{nid}: bad membership entry {e.index}: {err}")
+        self._scanned[nid] = (ents, si, len(ents), ents[-1] if ents else None, conf_k, conf)
         last = si + len(ents)
         if not (si <= log.applied <= log.applying <= log.committed <= last):
             self.fail("invariants", f"n{nid}: index order broken: snap {si} applied "
@@ -149,6 +216,67 @@ class Checker:
             self.fail("invariants", f"n{nid}: applied {log.applied} beyond stable {log.stable}")
         if core.role == Role.LEADER and core.leader != core.id:
             self.fail("invariants", f"n{nid}: leader does not name itself")
+
+    def log_conf(self, node: SimNode, core: RaftCore) -> ConfState:
+        """The membership ``core``'s log says it is in (see ``membership`` above)."""
+        scanned = self._scanned[node.id]
+        if scanned[5] is not None:
+            return scanned[5]
+        si = core.log.snapshot_index
+        return node.conf if si == 0 else self.conf_at_committed(si)
+
+    def _check_conf(self, node: SimNode, core: RaftCore) -> None:
+        want = self.log_conf(node, core)
+        if core.conf != want:
+            self.fail("membership", f"n{node.id} uses voters {sorted(core.conf.voters)} "
+                                    f"learners {sorted(core.conf.learners)}, but the newest "
+                                    f"membership in its log has voters {sorted(want.voters)} "
+                                    f"learners {sorted(want.learners)}")
+
+    def _holds(self, nid: int, index: int, term: int, memory: bool) -> bool:
+        """Whether node ``nid`` holds ``index@term`` durably (or, with ``memory``, in its
+        core's log), or has compacted its log past it."""
+        node = self.cluster.nodes.get(nid)
+        if node is None:
+            return False
+        d = node.disk
+        if d.term(index) == term or d.log_start[0] > index:
+            return True
+        core = node.core
+        return memory and core is not None and (
+            core.log.term(index) == term or core.log.snapshot_index > index)
+
+    def _check_commit_quorum(self, node: SimNode, core: RaftCore, index: int) -> None:
+        voters = core.conf.voters
+        holders = sorted(p for p in voters if self._holds(p, index, core.term, memory=False))
+        if len(holders) < len(voters) // 2 + 1:
+            self.fail("quorum", f"leader n{node.id} (term {core.term}) commits {index} over "
+                                f"voters {sorted(voters)} but only {holders} hold it durably")
+
+    def _check_election(self, node: SimNode) -> None:
+        core = node.core
+        assert core is not None
+        term = core.term
+        seen = self.cand_votes.get(node.id)
+        granted = set(seen[1]) if seen is not None and seen[0] == term else set()
+        granted.add(node.id)
+        m = node.stepping
+        if m is not None and m.type == MsgType.VOTE_RESP and not m.reject and m.term == term:
+            granted.add(m.frm)  # the vote that won it
+        voters = core.conf.voters
+        quorum = granted & voters
+        if len(quorum) < len(voters) // 2 + 1:
+            self.fail("quorum", f"n{node.id} leads term {term} with votes of {sorted(quorum)} "
+                                f"of voters {sorted(voters)}")
+        k = bisect_left(self.commit_term, term)  # entries 1..k were committed below term
+        if k == 0:
+            return
+        e = self.committed[k - 1]
+        if not any(self._holds(p, e.index, e.term, memory=True) for p in quorum):
+            self.fail("quorum", f"n{node.id} won term {term} with votes of {sorted(quorum)} "
+                                f"(voters {sorted(voters)}), none of which holds committed "
+                                f"entry {e.index}@t{e.term} (committed in term "
+                                f"{self.commit_term[k - 1]}): disjoint majorities")
 
     def _full_invariants(self, node: SimNode) -> None:
         core = node.core
@@ -193,6 +321,8 @@ class Checker:
         if leader and log.term(hi) != core.term:
             self.fail("commit-rule", f"leader n{nid} (term {core.term}) advanced its commit "
                                      f"to {hi}, an entry of term {log.term(hi)}")
+        if leader:
+            self._check_commit_quorum(node, core, hi)
         known = len(self.committed)
         for i in range(lo + 1, min(hi, known) + 1):
             t = self.term_at(core, i)
@@ -214,6 +344,11 @@ class Checker:
                 return
             self.committed.append(e)
             self.commit_term.append(core.term)
+            if e.kind == EntryKind.CONF:
+                conf = ConfState.decode(e.data)
+                self.confs.append((e.index, conf))
+                self.cluster.trace(f"membership committed at {e.index}: voters "
+                                   f"{sorted(conf.voters)} learners {sorted(conf.learners)}")
         first = known == 0 or self.commit_term[known - 1] != core.term
         self.cluster.trace(f"n{nid} commits {known + 1}..{hi} (term {core.term})"
                            + (" - its first commit as leader" if first else ""),
@@ -307,6 +442,13 @@ class Checker:
             self.fail("state-machine-safety",
                       f"n{node.id} {what} snapshot {meta.index}@t{meta.term} that is not the "
                       f"committed prefix (first difference at {bad})")
+        want = self.conf_at_committed(n)
+        if meta.conf != want:
+            self.fail("membership", f"n{node.id} {what} snapshot {meta.index}@t{meta.term} "
+                                    f"with voters {sorted(meta.conf.voters)} learners "
+                                    f"{sorted(meta.conf.learners)}, but the committed log "
+                                    f"has voters {sorted(want.voters)} learners "
+                                    f"{sorted(want.learners)} there")
         self.snapshots[key] = data
 
     def on_snapshot_taken(self, node: SimNode, meta: SnapshotMeta, data: SnapData) -> None:
@@ -374,6 +516,6 @@ class Checker:
         if e.index > len(self.committed) or self.committed[e.index - 1] != e:
             self.fail("state-machine-safety", f"n{nid} applies {e.index}@t{e.term} which no "
                                               f"leader committed")
-        if e.data and e.data in node.sm_payloads:
+        if is_command(e) and e.data in node.sm_payloads:
             self.fail("state-machine-safety", f"n{nid} applies payload {e.data!r} twice (at "
                                               f"{node.sm_payloads[e.data]} and {e.index})")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvraft.raft import Entry, NotLeader, RaftError, ReadState
+from kvraft.sim.node import is_command
 
 if TYPE_CHECKING:
     from kvraft.sim.cluster import Cluster
@@ -86,7 +87,7 @@ class Client:
 
     def on_apply(self, node: SimNode, e: Entry) -> None:
         c = self.cluster
-        if e.data and e.data not in self.proposals:
+        if is_command(e) and e.data not in self.proposals:
             c.checker.fail("state-machine-safety",
                            f"n{node.id} applies {e.data!r} at {e.index}, never proposed")
         waiting = self.pending.get((node.id, node.incarnation))

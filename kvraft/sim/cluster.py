@@ -9,8 +9,13 @@ travel as messages but start a snapshot stream (``stream_snapshot``), as in the 
 A run (:meth:`Cluster.run`) has two phases: ``cfg.ticks`` ticks of random faults and
 client traffic, then the settle phase: the network heals, every node restarts, the
 faults stop, and a new proposal must commit within ``liveness_factor *
-election_ticks`` ticks (``liveness``); then every node must apply every acknowledged
+election_ticks`` ticks (``liveness``); then every member must apply every acknowledged
 write exactly once (``durability``).
+
+With ``conf_change_rate`` the operator (``membership.py``) also changes the membership
+while faulty. Nodes it removed keep running until it retires them (a retired node never
+restarts); the settle phase restarts every node that is not retired, and only the
+members of the committed membership must apply everything (a removed node need not).
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from kvraft.raft.errors import RaftError
 from kvraft.sim.checkers import Checker
 from kvraft.sim.client import Client, Proposal
 from kvraft.sim.config import STEPS_PER_TICK, SimConfig
+from kvraft.sim.membership import Operator
 from kvraft.sim.network import Network
-from kvraft.sim.node import CoreFactory, SimNode, SnapData
+from kvraft.sim.node import CoreFactory, SimNode, SnapData, is_command
 
 PARTITION_KINDS = ("split", "isolate", "oneway", "partial")
 
@@ -58,21 +64,48 @@ class Cluster:
         self.client = Client(self)
         self.network = Network(self.rng, self.schedule, self._deliver, self.trace)
         self.network.verbose_msgs = verbose >= 3
+        self.core_factory = core_factory
         ids = list(range(1, cfg.nodes + 1))
         conf = ConfState(frozenset(ids))
         self.nodes: dict[int, SimNode] = {}
         for i in ids:
-            rc = Config(id=i, election_ticks=cfg.election_ticks,
-                        heartbeat_ticks=cfg.heartbeat_ticks,
-                        max_inflight_msgs=cfg.max_inflight_msgs,
-                        max_msg_bytes=cfg.max_msg_bytes,
-                        pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum)
-            self.nodes[i] = SimNode(i, rc, conf, self, core_factory)
+            self.nodes[i] = SimNode(i, self._raft_config(i), conf, self, core_factory)
+        self.operator = Operator(self)
         self._apply_network_params(cfg)
         for node in self.nodes.values():
             node.start()
             self._schedule_ticks(node)
         self.schedule(STEPS_PER_TICK, self._world_tick)
+
+    def _raft_config(self, i: int) -> Config:
+        cfg = self.cfg
+        return Config(id=i, election_ticks=cfg.election_ticks,
+                      heartbeat_ticks=cfg.heartbeat_ticks,
+                      max_inflight_msgs=cfg.max_inflight_msgs, max_msg_bytes=cfg.max_msg_bytes,
+                      pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum)
+
+    def add_node(self, nid: int) -> SimNode:
+        """Start a new node with an empty membership: it waits to be added."""
+        node = SimNode(nid, self._raft_config(nid), ConfState(frozenset()), self,
+                       self.core_factory)
+        self.nodes[nid] = node
+        node.start()
+        self._schedule_ticks(node)
+        self.count("node-added")
+        self.trace(f"NEW NODE n{nid} (empty membership)")
+        return node
+
+    def retire(self, node: SimNode) -> None:
+        """Shut ``node`` down for good (the operator removed it from the group)."""
+        if node.up:
+            self.crash(node)
+        node.retired = True
+        self.count("retire")
+        self.trace(f"RETIRE n{node.id}")
+
+    def members(self) -> frozenset[int]:
+        """The nodes of the committed membership."""
+        return self.checker.committed_conf().all_nodes()
 
     # --- time and events ------------------------------------------------------------
 
@@ -260,7 +293,7 @@ class Cluster:
                    f"log {d.describe_log()}, applied {d.applied})")
 
     def restart(self, node: SimNode) -> None:
-        if node.up:
+        if node.up or node.retired:
             return
         node.start()
         self._schedule_ticks(node)
@@ -338,7 +371,9 @@ class Cluster:
             return
         rng = self.rng
         kind = rng.choice(kinds)
-        ids = list(self.nodes)
+        ids = [i for i, n in self.nodes.items() if not n.retired]
+        if len(ids) < 2:
+            return
         self.network.heal()
         if kind == "split":
             members = ids[:]
@@ -346,10 +381,10 @@ class Cluster:
             cut = rng.randint(1, len(ids) - 1)
             self.split(sorted(members[:cut]), sorted(members[cut:]))
         elif kind == "isolate":
-            self.isolate(self._pick(list(self.nodes.values())).id)
+            self.isolate(self._pick([self.nodes[i] for i in ids]).id)
         else:
             pairs = [(a, b) for a in ids for b in ids if a < b]
-            chosen = rng.sample(pairs, rng.randint(1, len(pairs) - 1))
+            chosen = rng.sample(pairs, rng.randint(1, max(1, len(pairs) - 1)))
             desc = []
             for a, b in chosen:
                 if kind == "partial":
@@ -383,14 +418,18 @@ class Cluster:
                 self._random_partition()
             if "transfer" in cfg.faults and rng.random() < cfg.transfer_rate:
                 lead = self.leader()
-                if lead is not None:
-                    target = rng.choice([i for i in self.nodes if i != lead.id])
+                voters = [] if lead is None else [
+                    i for i in sorted(lead.the_core().conf.voters) if i != lead.id]
+                if lead is not None and voters:
+                    target = rng.choice(voters)
                     self.trace(f"TRANSFER n{lead.id} -> n{target}")
                     self.count("transfer")
                     try:
                         lead.transfer_leadership(target)
                     except (RaftError, ValueError):
                         pass
+            if cfg.conf_change_rate:
+                self.operator.tick()
         for rate, fn in ((cfg.propose_rate, self._client_propose),
                          (cfg.read_rate, self._client_read)):
             n = int(rate) + (1 if rng.random() < rate - int(rate) else 0)
@@ -406,10 +445,11 @@ class Cluster:
         if not up:
             return None
         leaders = [n for n in up if n.the_core().role == Role.LEADER]
-        # Mostly the (believed) leaders; sometimes anyone, as a confused client would.
+        # Mostly the (believed) leaders; sometimes any member, as a confused client would.
         if leaders and self.rng.random() < 0.9:
             return self.rng.choice(leaders)
-        return self.rng.choice(up)
+        members = self.members()
+        return self.rng.choice([n for n in up if n.id in members] or up)
 
     def _client_propose(self) -> None:
         node = self._client_target()
@@ -433,6 +473,13 @@ class Cluster:
     def calm_down(self) -> None:
         """Stop every fault: heal the network and restart every node."""
         self.faulty = False
+        if not self.cfg.pre_vote:
+            # Without pre-vote a removed node that missed its removal raises the group's
+            # term at each of its election timeouts (refused votes, but the higher term
+            # sticks): as an operator would, shut removed nodes down for good.
+            for nid in sorted(self.operator.ever_member - self.members()):
+                if not self.nodes[nid].retired:
+                    self.retire(self.nodes[nid])
         self.cfg = self.cfg.calm()
         self._apply_network_params(self.cfg)
         self.heal()
@@ -454,7 +501,8 @@ class Cluster:
                    f"{self.tick - start} ticks after the heal")
         deadline = self.tick + bound
         while self.tick < deadline and any(n.applied < self._final_index(marker)
-                                           for n in self.nodes.values()):
+                                           for n in self.nodes.values()
+                                           if n.id in self.members()):
             self.run_ticks(1)
         self.checker.full_scan()
         self.final_check(self._final_index(marker))
@@ -482,9 +530,11 @@ class Cluster:
                 and node.core.role == Role.LEADER and node.core.term == p.term)
 
     def final_check(self, upto: int) -> None:
-        """Every acknowledged write is applied on every node, exactly once."""
+        """Every acknowledged write is applied on every member, exactly once (and on
+        every other node, exactly once, as far as it applied)."""
+        members = self.members()
         for node in self.nodes.values():
-            if node.applied < upto:
+            if node.applied < upto and node.id in members:
                 self.checker.fail("liveness", f"n{node.id} applied only {node.applied} of "
                                               f"{upto} committed entries; " + self.describe())
             for p in self.client.acked:
@@ -495,7 +545,7 @@ class Cluster:
                     self.checker.fail("durability",
                                       f"acknowledged write {p.payload!r} ({p.index}@t{p.term}, "
                                       f"acked at tick {p.done}) is at {at} on n{node.id}")
-            if len(node.sm_payloads) != sum(1 for e in node.sm if e.data):
+            if len(node.sm_payloads) != sum(1 for e in node.sm if is_command(e)):
                 self.checker.fail("state-machine-safety", f"n{node.id} applied a payload twice")
 
     def describe(self) -> str:
@@ -505,7 +555,13 @@ class Cluster:
         s = self.client.stats
         ev = " ".join(f"{k}={v}" for k, v in sorted(self.events.items()))
         terms = max(self.checker.leaders, default=0)
+        conf = self.checker.committed_conf()
+        membership = ""
+        if len(self.checker.confs) > 1 or len(self.nodes) > len(conf.voters):
+            membership = (f"voters={','.join(map(str, sorted(conf.voters)))} "
+                          f"learners={','.join(map(str, sorted(conf.learners))) or '-'} ")
         return (f"ticks={self.tick} terms={terms} committed={len(self.checker.committed)} "
+                f"{membership}"
                 f"proposed={s['proposed']} acked={s['acked']} failed={s['failed']} "
                 f"unknown={s['unknown']} reads={s['reads']} served={s['reads_served']} "
                 f"msgs={self.network.sent} dropped={self.network.dropped} "

@@ -34,6 +34,7 @@ from kvraft.raft import (
     Config,
     ConfState,
     Entry,
+    EntryKind,
     HardState,
     InitialState,
     Message,
@@ -50,6 +51,11 @@ CoreFactory = Callable[[Config, random.Random, InitialState], RaftCore]
 
 SnapData = tuple[Entry, ...]
 """A state-machine snapshot: the applied entries 1..index (``data[k]`` is index k + 1)."""
+
+
+def is_command(e: Entry) -> bool:
+    """A client's command (unique payload), not a no-op or a membership entry."""
+    return bool(e.data) and e.kind == EntryKind.NORMAL
 
 
 class Disk:
@@ -203,7 +209,7 @@ class SimNode:
         self.taking = False
         self.streaming = set()
         del self.sm[self.disk.applied:]
-        self.sm_payloads = {e.data: e.index for e in self.sm if e.data}
+        self.sm_payloads = {e.data: e.index for e in self.sm if is_command(e)}
 
     # --- inputs -----------------------------------------------------------------------
 
@@ -312,7 +318,7 @@ class SimNode:
         for e in rd.committed:
             host.checker.on_apply(self, e)
             self.sm.append(e)
-            if e.data:
+            if is_command(e):
                 self.sm_payloads[e.data] = e.index
             host.client.on_apply(self, e)
         if rd.committed and host.rng.random() < host.cfg.apply_sync:
@@ -358,7 +364,7 @@ class SimNode:
 
     def _replace_state_machine(self, snap: SnapshotMeta, data: SnapData) -> None:
         self.sm = list(data)
-        self.sm_payloads = {e.data: e.index for e in data if e.data}
+        self.sm_payloads = {e.data: e.index for e in data if is_command(e)}
         self.disk.applied = snap.index
         self.snap_last = max(self.snap_last, snap.index)
 
@@ -372,7 +378,13 @@ class SimNode:
         core = self.the_core()
         # The membership in force at the snapshot's index, not the newest one in the log
         # (an uncommitted change above it may still be truncated).
-        meta = SnapshotMeta(self.applied, self.sm[-1].term, core.conf_at(self.applied))
+        conf = core.conf_at(self.applied)
+        if not conf.voters:
+            # A node that joined and received the log from its start does not know the
+            # membership below the first membership entry it holds (its own is empty):
+            # it snapshots once it has applied one.
+            return
+        meta = SnapshotMeta(self.applied, self.sm[-1].term, conf)
         data: SnapData = tuple(self.sm)
         host.checker.on_snapshot_taken(self, meta, data)
         self.taking = True
