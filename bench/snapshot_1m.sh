@@ -17,4 +17,4 @@ echo "== snapshot (SQLite backup API + fsync + sha256)"; measure $PY "$here/snap
 echo "== upload to S3 (multipart)"; measure $PY "$here/snapshot_size.py" upload "$D/src" --endpoint-url "http://127.0.0.1:$PORT"
 echo "== kvraft restore (download + sha256 + install)"
 measure $PY -m kvraft restore --bucket kvraft-bench --cluster big --endpoint-url "http://127.0.0.1:$PORT" \
-  --id 1 --data-dir "$D/restored"
+  --id 1 --whole-group --data-dir "$D/restored"

@@ -22,7 +22,7 @@ $PY "$here/snapshot_size.py" snapshot "$D/src" > /dev/null
 $PY "$here/snapshot_size.py" upload "$D/src" --endpoint-url "http://127.0.0.1:$PORT" > /dev/null
 PEERS="--peer 1=127.0.0.1:7201 --peer 2=127.0.0.1:7202 --peer 3=127.0.0.1:7203"
 for i in 1 2 3; do
-  $PY -m kvraft restore $S3 --id $i --data-dir "$D/n$i" > /dev/null 2>&1
+  $PY -m kvraft restore $S3 --id $i --whole-group --data-dir "$D/n$i" > /dev/null 2>&1
   KVRAFT_SECRET=s $PY -m kvraft serve --id $i --listen 127.0.0.1:720$i $PEERS --group 0 --group 1 --data-dir "$D/n$i" \
     --snapshot-entries ${SNAP_ENTRIES:-20000} --log-level warning > "$D/n$i.log" 2>&1 &
   PIDS="$PIDS $!"

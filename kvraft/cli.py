@@ -304,6 +304,7 @@ def _register_subcommands() -> None:
     from kvraft.chaos.command import chaos_command
     from kvraft.check.command import check_command
     from kvraft.local import up
+    from kvraft.member_cli import member_command, transfer_leader_command
     from kvraft.restore import backup_command, restore_command
 
     main.add_command(up)
@@ -312,6 +313,8 @@ def _register_subcommands() -> None:
     main.add_command(chaos_command, name="chaos")
     main.add_command(backup_command, name="backup")
     main.add_command(restore_command, name="restore")
+    main.add_command(member_command, name="member")
+    main.add_command(transfer_leader_command, name="transfer-leader")
 
 
 _register_subcommands()

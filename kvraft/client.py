@@ -342,7 +342,11 @@ class AsyncClient:
                 with _suppress_unavailable():
                     await self._refresh_map(num)
                 continue
-            addr = self._leaders.get(gid) or members[next(self._rr) % len(members)]
+            addr = self._leaders.get(gid)
+            if addr is not None and addr not in members:
+                del self._leaders[gid]  # that node left the group (a membership change)
+                addr = None
+            addr = addr or members[next(self._rr) % len(members)]
             headers: dict[str, str] = {
                 "X-Kvraft-Timeout-Ms": str(max(1, int(min(remaining, self.attempt_timeout_s)
                                                        * 1000))),
@@ -369,6 +373,14 @@ class AsyncClient:
                 if a.status == 307 and a.leader:
                     self._leaders[gid] = _norm_addr(a.leader)
                     last_error = f"{addr} redirected to leader {a.leader}"
+                    continue
+                redirect = a.body.get("redirect")
+                if code == "wrong_group" and isinstance(redirect, str) and redirect:
+                    # The node is not (or no longer) a member of the group: go where it says.
+                    self._leaders[gid] = _norm_addr(redirect)
+                    last_error = f"{addr}: not a member of group {gid}, sent to {redirect}"
+                    with _suppress_unavailable():
+                        await self._refresh_map(num)
                     continue
                 if code == "wrong_group":
                     # Rule 3: a group at or behind our map is lagging or still pulling:

@@ -6,10 +6,14 @@ verified against its manifest before use, and the database inside must be at the
 manifest's index; a corrupt or mismatched object is refused with a clear message and
 nothing is written to the data directory. Two uses:
 
-- a replacement node for an existing group: restore its directory, start it with the
-  same id, and the leader brings it up to date from its log (or with a newer snapshot);
-- a whole group lost: restore every member's directory from the same snapshot and
-  start them; they elect a leader and serve the state as of that snapshot.
+- a replacement node for a live group, under a NEW id: restore its directory, start it
+  with ``kvraft serve --join``, and add it with ``kvraft member add``; it catches up from
+  the snapshot and the tail of the leader's log, then the lost member is removed.
+  Restoring a current voter under its old id is refused: the restored node would have
+  forgotten any vote its predecessor cast, and one term could get two leaders;
+- a whole group lost (``--whole-group``): restore every member's directory from the
+  same snapshot and start them; they elect a leader and serve the state as of that
+  snapshot. No member of the old group may still be running.
 """
 
 from __future__ import annotations
@@ -53,16 +57,27 @@ def _progress(label: str, enabled: bool) -> Callable[[int, int], None]:
 
 def restore_node(store: S3SnapshotStore, *, group: int, node_id: int, data_dir: Path,
                  index: int | None = None, at_or_before_unix: float | None = None,
-                 force: bool = False, show_progress: bool = False) -> Manifest:
+                 force: bool = False, show_progress: bool = False,
+                 whole_group: bool = False) -> Manifest:
     """Create ``data_dir``'s replica of ``group`` from S3; returns the manifest used."""
     try:
         manifest = store.select(group, index=index, at_or_before_unix=at_or_before_unix)
     except SnapshotStoreError as e:
         raise RestoreError(str(e)) from None
-    voters = manifest.membership.get("voters", []) if isinstance(manifest.membership, dict) else []
-    if node_id not in voters:
+    membership = manifest.membership if isinstance(manifest.membership, dict) else {}
+    voters = membership.get("voters", [])
+    if whole_group and node_id not in voters:
         raise RestoreError(f"node {node_id} is not a member of group {group} in snapshot "
-                           f"{manifest.index} (members: {voters})")
+                           f"{manifest.index} (members: {voters}); --whole-group rebuilds "
+                           "the snapshot's members")
+    if not whole_group and node_id in voters:
+        raise RestoreError(
+            f"node {node_id} is a voter of group {group} in snapshot {manifest.index}: a "
+            "restored node forgets the votes its predecessor cast, so it must not come back "
+            "under the same id while the group lives. To replace a lost node, restore under "
+            "a new id, start it with `kvraft serve --join HOST:PORT`, run `kvraft member add`, "
+            f"then `kvraft member remove --id {node_id}`. To rebuild a group whose members "
+            "are all lost, pass --whole-group for each of them")
     gdir = data_dir / f"group-{group}"
     if (gdir / "raft.db").exists() or (gdir / "state.db").exists():
         if not force:
@@ -77,8 +92,11 @@ def restore_node(store: S3SnapshotStore, *, group: int, node_id: int, data_dir: 
         download = snaps / "download.sqlite"
         store.download(manifest, str(download),
                        progress=_progress(f"downloading snapshot {manifest.index}", show_progress))
+        addrs = membership.get("addresses", {})
         conf = ConfState(frozenset(int(v) for v in voters),
-                         frozenset(int(v) for v in manifest.membership.get("learners", [])))
+                         frozenset(int(v) for v in membership.get("learners", [])),
+                         tuple(sorted((int(k), str(a)) for k, a in addrs.items()))
+                         if isinstance(addrs, dict) else ())
         local = adopt_snapshot(download, snaps, index=manifest.index, term=manifest.term,
                                conf=conf, sha256=manifest.sha256, size=manifest.size)
         install_state(local, staging / "state.db")
@@ -149,10 +167,14 @@ def _parse_time(text: str) -> float:
 @click.option("--force", is_flag=True, help="Replace an existing replica directory.")
 @click.option("--all-groups", is_flag=True, help="Restore every group stored in S3 (the "
               "controller and every data group) for this node.")
+@click.option("--whole-group", is_flag=True, help="Rebuild a group whose members are all "
+              "lost: restore this member of the snapshot under its own id (do it for each "
+              "member). Without it, only a new id (not a voter in the snapshot) is restored, "
+              "to join the live group with `serve --join` and `member add`.")
 def restore_command(bucket: str, prefix: str, cluster: str, endpoint_url: str | None,
                     region: str | None, groups: tuple[int, ...], node_id: int, data_dir: str,
                     index: int | None, at_time: str | None, force: bool,
-                    all_groups: bool) -> None:
+                    all_groups: bool, whole_group: bool) -> None:
     """Create a node's data directory for each GROUP from snapshots in S3."""
     if index is not None and at_time is not None:
         raise click.UsageError("--index and --time are exclusive")
@@ -172,12 +194,16 @@ def restore_command(bucket: str, prefix: str, cluster: str, endpoint_url: str | 
             m = restore_node(store, group=group, node_id=node_id, data_dir=Path(data_dir),
                              index=index,
                              at_or_before_unix=_parse_time(at_time) if at_time else None,
-                             force=force, show_progress=True)
+                             force=force, show_progress=True, whole_group=whole_group)
         except RestoreError as e:
             raise click.ClickException(f"restore of group {group} refused: {e}") from None
         click.echo(f"restored group {group} node {node_id} from snapshot {m.index} (term "
                    f"{m.term}, {m.size} bytes, sha256 {m.sha256[:16]}…, taken {m.created}) "
                    f"into {data_dir} in {time.monotonic() - t0:.1f}s")
+        if not whole_group:
+            click.echo(f"node {node_id} is not a member of group {group} yet: start it with "
+                       "`kvraft serve --join HOST:PORT ...` and add it with `kvraft member add "
+                       f"--group {group} --id {node_id} --address ...`")
 
 
 @click.group("backup", invoke_without_command=True)

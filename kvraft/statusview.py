@@ -24,10 +24,27 @@ async def collect_status(addrs: list[str], timeout_s: float = 2.0) -> dict[str, 
     return dict(zip(addrs, docs, strict=True))
 
 
+def _membership(g: dict[str, Any]) -> str:
+    """``; voters [1, 2, 3]; learners 4 (120 behind)`` from a leader's group status."""
+    out = f"; voters {g.get('voters', [])}"
+    learners = g.get("learners") or []
+    if learners:
+        progress = g.get("progress", {})
+        commit = g.get("commit", 0)
+        parts = []
+        for n in learners:
+            p = progress.get(str(n))
+            parts.append(f"{n} ({max(0, commit - p['match'])} behind, {p['state']})" if p
+                         else str(n))
+        out += "; learners " + ", ".join(parts)
+    return out
+
+
 def render_status(docs: dict[str, Any]) -> str:
     header = ("ADDRESS", "NODE", "GROUP", "ROLE", "TERM", "LEADER", "COMMIT", "APPLIED", "LAST")
     rows: list[tuple[str, ...]] = []
     leaders: dict[str, set[str]] = {}
+    membership: dict[str, str] = {}
     for addr, doc in docs.items():
         if "groups" not in doc:
             rows.append((addr, "-", "-", "unreachable", "-", "-", "-", "-", doc.get("error", "")))
@@ -39,6 +56,9 @@ def render_status(docs: dict[str, Any]) -> str:
                          str(g.get("last_index"))))
             if g.get("role") == "leader":
                 leaders.setdefault(gid, set()).add(f"node {doc.get('node')} ({addr})")
+                membership[gid] = _membership(g)
+            elif g.get("member") is False and g.get("voters"):
+                rows[-1] = (*rows[-1][:3], "removed", *rows[-1][4:])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in [header, *rows]]
@@ -46,5 +66,5 @@ def render_status(docs: dict[str, Any]) -> str:
     for gid in groups:
         who = leaders.get(gid)
         lines.append(f"group {gid}: " + (f"leader is {', '.join(sorted(who))}" if who
-                                         else "NO LEADER"))
+                                         else "NO LEADER") + membership.get(gid, ""))
     return "\n".join(lines)

@@ -81,7 +81,7 @@ def test_backup_then_lose_everything_then_restore(tmp_path: Path, s3: MotoServer
         shutil.rmtree(c.data_dir(i))
     for i in c.ids:  # the whole sharded cluster: the controller and the data group
         r = _kvraft(s3, "restore", *_s3_args(s3, "lost"), "--id", str(i), "--data-dir",
-                    str(c.data_dir(i)), "--all-groups")
+                    str(c.data_dir(i)), "--all-groups", "--whole-group")
         assert r.returncode == 0, r.stderr
         assert "restored group 0" in r.stdout and "restored group 1" in r.stdout, r.stdout
     c.bootstrap_on_start = False  # the controller's configuration comes from S3 too
@@ -119,12 +119,18 @@ def test_corrupted_object_is_refused(tmp_path: Path, s3: MotoServer,
     assert m is not None
     s3.client().put_object(Bucket=BUCKET, Key=m.object_key, Body=b"not the snapshot")
     target = tmp_path / "restored"
-    r = _kvraft(s3, "restore", *_s3_args(s3, "corrupt"), "--id", "1", "--data-dir", str(target))
-    assert r.returncode != 0
-    assert "sha256" in r.stderr and "refused" in r.stderr, r.stderr
+    for extra in (["--id", "1", "--whole-group"], ["--id", "9"]):
+        r = _kvraft(s3, "restore", *_s3_args(s3, "corrupt"), *extra, "--data-dir", str(target))
+        assert r.returncode != 0
+        assert "sha256" in r.stderr and "refused" in r.stderr, r.stderr
+        assert not (target / "group-1").exists()
+    # Neither a voter under its old id into a live group, nor a stranger into a rebuild.
+    r = _kvraft(s3, "restore", *_s3_args(s3, "corrupt"), "--id", "2", "--data-dir", str(target))
+    assert r.returncode != 0 and "is a voter of group 1" in r.stderr, r.stderr
+    r = _kvraft(s3, "restore", *_s3_args(s3, "corrupt"), "--id", "9", "--whole-group",
+                "--data-dir", str(target))
+    assert r.returncode != 0 and "not a member" in r.stderr, r.stderr
     assert not (target / "group-1").exists()
-    r = _kvraft(s3, "restore", *_s3_args(s3, "corrupt"), "--id", "9", "--data-dir", str(target))
-    assert r.returncode != 0 and "not a member" in r.stderr
 
 
 def test_s3_down_and_back(tmp_path: Path, s3: MotoServer) -> None:

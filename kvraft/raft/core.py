@@ -112,6 +112,7 @@ class Status:
     learners: tuple[int, ...] = ()
     pending_conf_index: int = 0
     """Index of the newest membership entry in the log (0: none since the snapshot)."""
+    campaigns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,11 @@ class RaftCore:
         self._conf_points: list[tuple[int, int, ConfState]] = []
         """(index, term, membership) of each CONF entry after ``_base_index``."""
         self.step_down_pending = False
+        self.leaving: set[int] = set()
+        """Nodes a leader still replicates to after removing them, until the removal
+        commits: a removed node that gets its removal entry stops campaigning."""
+        self.campaigns = 0
+        """(Pre-)campaigns this replica started since it was created (for status)."""
         self.term = state.hard_state.term
         self.vote = state.hard_state.vote
         self.role = Role.FOLLOWER
@@ -363,7 +369,7 @@ class RaftCore:
             commit=self.log.committed, applied=self.log.applied,
             last_index=self.log.last_index(), snapshot_index=self.log.snapshot_index,
             voters=tuple(sorted(self.conf.voters)), learners=tuple(sorted(self.conf.learners)),
-            pending_conf_index=self.pending_conf_index(),
+            pending_conf_index=self.pending_conf_index(), campaigns=self.campaigns,
         )
         if self.role == Role.LEADER:
             st.progress = {p: (pr.match, pr.next, pr.state.name) for p, pr in self.prs.items()}
@@ -411,10 +417,12 @@ class RaftCore:
         """Switch to ``conf`` now (it is the newest membership in the log)."""
         if conf == self.conf:
             return
-        self.conf = conf
+        old, self.conf = self.conf, conf
         if self.role != Role.LEADER:
             return
-        members = conf.all_nodes() | {self.id}
+        self.leaving = (self.leaving | (old.all_nodes() - conf.all_nodes())) - conf.all_nodes()
+        self.leaving.discard(self.id)
+        members = conf.all_nodes() | {self.id} | self.leaving
         for p in list(self.prs):
             if p not in members:
                 del self.prs[p]
@@ -447,6 +455,7 @@ class RaftCore:
         self.heartbeat_elapsed = 0
         self._reset_randomized_timeout()
         self.votes = {}
+        self.leaving = set()
         self.transferee = NONE
         self.bcast_pending = False
         self.read_bcast_pending = False

@@ -108,6 +108,7 @@ def become_leader(r: RaftCore) -> None:
 
 
 def campaign(r: RaftCore, *, pre: bool, transfer: bool = False) -> None:
+    r.campaigns += 1
     if pre:
         become_pre_candidate(r)
         term, mtype = r.term + 1, MsgType.PRE_VOTE
@@ -311,8 +312,13 @@ def maybe_commit(r: RaftCore) -> bool:
     first_in_term = r.log.term(r.log.committed) != r.term
     r.log.commit_to(index)
     r.bcast_pending = True  # followers learn the new commit index
-    if r.id not in r.conf.voters and r.pending_conf_index() <= index:
-        r.step_down_pending = True  # our removal is committed (see step_down_removed)
+    if r.pending_conf_index() <= index:
+        if r.leaving:  # removed nodes had their chance to hear of it: stop sending
+            for p in r.leaving:
+                r.prs.pop(p, None)
+            r.leaving = set()
+        if r.id not in r.conf.voters:
+            r.step_down_pending = True  # our removal is committed (see step_down_removed)
     if first_in_term and r.reads_before_commit:
         waiting, r.reads_before_commit = r.reads_before_commit, []
         for ctx in waiting:

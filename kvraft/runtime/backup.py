@@ -86,7 +86,8 @@ class BackupManager:
     def _upload_sync(self, group: int, snap: Any) -> tuple[Manifest, bool]:
         store = self.store()
         store.ensure_bucket()
-        membership = {"voters": sorted(snap.conf.voters), "learners": sorted(snap.conf.learners)}
+        membership = {"voters": sorted(snap.conf.voters), "learners": sorted(snap.conf.learners),
+                      "addresses": {str(k): a for k, a in snap.conf.addresses}}
         manifest, uploaded = store.upload(group, str(snap.path), index=snap.index, term=snap.term,
                                           membership=membership, node=str(self.node_id))
         if uploaded:

@@ -412,9 +412,11 @@ class Node(ShardServiceMixin, MembershipMixin):
                                     "(the cluster has no data group yet, or this node has "
                                     "not heard from the controller)", num=cfg.num)
         r = self.replicas.get(gid)
-        if r is not None:
+        if r is not None and r.core is not None and self.cfg.node_id in r.core.conf.all_nodes():
             return r
-        members = cfg.members(gid)
+        # Not hosted, or hosted by a replica that is not a member (removed, or joining
+        # and not added yet): send the client to the members the controller lists.
+        members = {n: a for n, a in cfg.members(gid).items() if n != self.cfg.node_id}
         if not members:
             raise errors.WrongGroup(f"no group serves {key!r} yet (configuration {cfg.num})",
                                     num=cfg.num)
@@ -433,8 +435,11 @@ class Node(ShardServiceMixin, MembershipMixin):
             await asyncio.wait_for(self.configs.refresh(), 1.0)
         cfg = self.configs.latest
         owner = cfg.range_for(key).gid
-        members = cfg.members(owner)
-        redirect = members[min(members)] if owner not in self.replicas and members else None
+        members = {n: a for n, a in cfg.members(owner).items() if n != self.cfg.node_id}
+        hosted = self.replicas.get(owner)
+        member_here = (hosted is not None and hosted.core is not None
+                       and self.cfg.node_id in hosted.core.conf.all_nodes())
+        redirect = members[min(members)] if not member_here and members else None
         return errors.WrongGroup(
             f"group {gid} does not serve {key!r} at configuration {group_num} "
             f"(newest known: {cfg.num}, owner group {owner})",

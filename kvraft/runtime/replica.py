@@ -574,7 +574,7 @@ class Replica:
             "voters": list(st.voters),
             "learners": list(st.learners),
             "member": self.node_id in self.core.conf.all_nodes(),
-            "pending_conf_index": st.pending_conf_index,
+            "pending_conf_index": st.pending_conf_index, "campaigns": st.campaigns,
             "addresses": {str(k): a for k, a in self.core.conf.addresses},
             "progress": {str(p): {"match": m, "next": n, "state": s.lower()}
                          for p, (m, n, s) in st.progress.items()},

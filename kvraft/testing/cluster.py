@@ -161,14 +161,15 @@ class LocalCluster:
                                              stderr=subprocess.STDOUT)
         self.paused.discard(i)
 
-    def new_node(self, via: int | None = None) -> int:
-        """Start a new node (the next free id) with ``--join``: it hosts this cluster's
+    def new_node(self, via: int | None = None, *, start: bool = True) -> int:
+        """A new node (the next free id) started with ``--join``: it hosts this cluster's
         groups but is a member of none until added (see :meth:`member`)."""
         i = max(self.ids) + 1
         self.ids.append(i)
         self.addrs[i] = f"127.0.0.1:{free_port()}"
         self.joined[i] = self.addrs[via if via is not None else self.bootstrap_ids[0]]
-        self.start_node(i)
+        if start:
+            self.start_node(i)
         return i
 
     def member(self, op: str, node: int, *, group: int = 1, via: int | None = None,
