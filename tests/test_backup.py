@@ -161,6 +161,10 @@ def test_s3_down_and_back(tmp_path: Path, s3: MotoServer) -> None:
 
 
 def test_replacement_node_restored_from_s3_catches_up(tmp_path: Path, s3: MotoServer) -> None:
+    """A SIGKILLed node whose disk is lost is replaced by a NEW id restored from S3: it
+    joins as a learner, catches up from the snapshot and the tail of the leader's log
+    (no snapshot streamed), and is promoted; the old id is removed and can no longer
+    vote, and restoring it under its old id is refused."""
     # A snapshot every 250 entries keeping 50 below it: the backup (taken at ~301) compacts
     # the live logs so they no longer hold the early entries, while the 100 writes made
     # after it are too few for another snapshot, so the log still covers what a node
@@ -191,30 +195,41 @@ def test_replacement_node_restored_from_s3_catches_up(tmp_path: Path, s3: MotoSe
             for i in live:
                 st = c.status(i)
                 assert st is not None and 0 < st["snapshot_index"] <= backup_index, (i, st)
+            # The old id cannot come back from S3 while the group lives...
             r = _kvraft(s3, "restore", *_s3_args(s3, "replace"), "--id", str(victim),
                         "--data-dir", str(c.data_dir(victim)))
+            assert r.returncode != 0 and f"node {victim} is a voter" in r.stderr, r.stderr
+            # ...a new id does: restore, start with --join, add (learner, then voter).
+            new = c.new_node(via=lead, start=False)
+            r = _kvraft(s3, "restore", *_s3_args(s3, "replace"), "--id", str(new),
+                        "--data-dir", str(c.data_dir(new)))
             assert r.returncode == 0, r.stderr
-            c.start_node(victim)
+            assert "serve --join" in r.stdout, r.stdout
+            c.start_node(new)
+            out = c.member("remove", victim)  # the dead member goes first: 2 of 2 live
+            assert out["voters"] == live, out
+            out = c.member("add", new)
+            assert out["voters"] == sorted([*live, new]), out
             commit = c.status(c.wait_for_leader())["commit"]  # type: ignore[index]
-            c.wait_applied([victim], commit, timeout_s=60)
-            # The node started from the restored snapshot, not from an empty directory...
-            # (its log file is appended to across starts: the last start is this one)
-            started = re.findall(rf"group 1 replica {victim} started: .* applied (\d+)",
-                                 c.log_path(victim).read_text())
-            assert len(started) == 2 and int(started[-1]) == backup_index, started
-            st = c.status(victim)
-            assert st is not None and st["role"] == "follower", st
-            # ...and caught up from the leader's log alone: no snapshot was streamed to it.
+            c.wait_applied([new], commit, timeout_s=60)
+            started = re.findall(rf"group 1 replica {new} started: .* applied (\d+)",
+                                 c.log_path(new).read_text())
+            assert started == [str(backup_index)], started
+            st = c.status(new)
+            assert st is not None and st["role"] == "follower" and st["member"], st
+            # It caught up from the leader's log alone: no snapshot was streamed to it.
             assert st["snapshot_index"] == backup_index, st
-            assert st["snapshot"]["last_index"] == backup_index, st
             assert st["snapshot"]["installed"] == 0, st
             assert st["applied"] >= commit > backup_index, st
             cl.put("after", "1")
             commit = c.status(c.wait_for_leader())["commit"]  # type: ignore[index]
-            c.wait_applied([victim], commit, timeout_s=60)
-        c.kill(victim, signal.SIGTERM)
-        # Read the data from the restored node's own state.db, not through the leader.
-        db = c.data_dir(victim) / "group-1" / "state.db"
+            c.wait_applied([new], commit, timeout_s=60)
+            # The old id is no voter any more: the group's majority is over the new set.
+            doc = c.members_of(1, via=c.wait_for_leader())
+            assert victim not in doc["voters"] and new in doc["voters"], doc
+        c.kill(new, signal.SIGTERM)
+        # Read the data from the new node's own state.db, not through the leader.
+        db = c.data_dir(new) / "group-1" / "state.db"
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
             kv = dict(conn.execute("SELECT k, v FROM kv").fetchall())
