@@ -569,9 +569,15 @@ def test_checkers_catch_commit_by_counting(monkeypatch: pytest.MonkeyPatch) -> N
         figure8(1)
     print(exc.value)
     assert exc.value.check == "commit-rule"
-    # End to end, without the rule-level check: the committed entry gets lost.
+    # Without the rule-level check: a leader is elected by a majority none of which
+    # holds the entry counted as committed (disjoint majorities).
     with pytest.raises(SafetyViolation) as exc:
         figure8(1, disabled=frozenset({"commit-rule"}))
+    print(exc.value)
+    assert exc.value.check == "quorum"
+    # End to end, without those checks: the committed entry gets lost.
+    with pytest.raises(SafetyViolation) as exc:
+        figure8(1, disabled=frozenset({"commit-rule", "quorum"}))
     print(exc.value)
     assert exc.value.check == "leader-completeness"
 
@@ -607,8 +613,13 @@ def test_checkers_catch_ack_before_persist() -> None:
     print(r.error)
     assert not r.ok and r.error.startswith("[persistence]")
     # Without the Ready-contract check, the lost acknowledged entries show up end to end.
+    # Without it, the leader counts acknowledgements that are on no disk.
     r = run_seed(58, 3, 600, core_factory=LazyFollowerDisk, **NO_SNAPSHOTS,
                  disabled_checks=frozenset({"persistence"}))
+    print(r.error)
+    assert not r.ok and r.error.startswith("[quorum]")
+    r = run_seed(58, 3, 600, core_factory=LazyFollowerDisk, **NO_SNAPSHOTS,
+                 disabled_checks=frozenset({"persistence", "quorum"}))
     print(r.error)
     assert not r.ok and r.error.startswith("[leader-completeness]")
 
@@ -705,6 +716,65 @@ def test_checkers_catch_a_snapshot_taken_for_a_match(monkeypatch: pytest.MonkeyP
     r = run_seed(5, 3, 600, **SNAP_CHAOS, disabled_checks=frozenset({"state-machine-safety"}))
     print(r.error)
     assert not r.ok and r.error.startswith("[linearizable-read]")
+
+
+# --- membership changes ------------------------------------------------------------------
+
+
+def _run_membership(seed: int, nodes: int, ticks: int, **overrides: Any) -> Cluster:
+    c = _run(seed, nodes, ticks, membership=True, **overrides)
+    assert c.events.get("conf-propose", 0) > 0, f"seed {seed} changed no membership"
+    return c
+
+
+@pytest.mark.parametrize("seed,nodes", [(s, 3) for s in range(1, 11)] + [(s, 5) for s in range(1, 5)])
+def test_random_profiles_with_membership_changes(seed: int, nodes: int) -> None:
+    """The command line's ``--membership`` profile: random membership changes (learners
+    added and promoted, voters removed, the leader replaced) under the seed's faults."""
+    _run_membership(seed, nodes, 800)
+
+
+MEMBERSHIP_CHAOS: dict[str, Any] = {**CHAOS, "conf_change_rate": 0.05, "voters_min": 2,
+                                    "snapshot_every": 5, "snapshot_margin": 0,
+                                    "stream_fail": 0.2, "install_crash": 0.2}
+
+
+@pytest.mark.parametrize("seed,nodes", [(501, 3), (502, 3), (503, 5), (504, 5)])
+def test_membership_changes_under_chaos(seed: int, nodes: int) -> None:
+    """Frequent membership changes with crashes, partitions, loss, snapshots (new nodes
+    catch up by InstallSnapshot) and leader replacements."""
+    c = _run_membership(seed, nodes, 800, **MEMBERSHIP_CHAOS)
+    assert c.events.get("node-added", 0) >= 1 and c.events.get("retire", 0) >= 1
+    assert len(c.checker.confs) >= 3, "memberships committed"
+
+
+def test_membership_seeds_replay_exactly() -> None:
+    traces: list[list[str]] = [[], []]
+    for k in range(2):
+        c = make_cluster(8, 3, 400, verbose=2, membership=True, out=traces[k].append)
+        c.run()
+        traces[k].append(c.summary())
+    assert traces[0] == traces[1]
+    assert any("OPERATOR" in line for line in traces[0])
+
+
+class CountsLearners(RaftCore):
+    """Broken: learners' copies count toward the commit quorum."""
+
+    def committed_by_quorum(self) -> int:
+        from kvraft.raft.quorum import committed_index
+        return committed_index(self.conf.all_nodes(),
+                               {p: pr.match for p, pr in self.prs.items()})
+
+
+def test_checkers_catch_learners_counted_in_the_quorum() -> None:
+    for seed in range(1, 30):
+        r = run_seed(seed, 3, 600, core_factory=CountsLearners, membership=True)
+        if not r.ok:
+            print(seed, r.error)
+            assert r.error.startswith("[quorum]"), r.error
+            return
+    pytest.fail("no seed caught a core that counts learners")
 
 
 # --- the command line -----------------------------------------------------------------

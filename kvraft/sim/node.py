@@ -378,6 +378,8 @@ class SimNode:
         core = self.the_core()
         # The membership in force at the snapshot's index, not the newest one in the log
         # (an uncommitted change above it may still be truncated).
+        if self.applied < core.log.snapshot_index:
+            return  # the log was replaced by a newer snapshot, installed next
         conf = core.conf_at(self.applied)
         if not conf.voters:
             # A node that joined and received the log from its start does not know the
