@@ -26,6 +26,8 @@ RUNS = [
     # a sharded cluster: ranges move, split, merge and groups leave and join under faults
     (106, 3, ("move", "split", "merge", "leave", "kill-leader", "partition"), 200, 2),
     (107, 3, ("move", "join", "split", "kill", "pause", "loss"), 200, 2),
+    # membership: members replaced (new ids), removed and re-added, leadership moved
+    (108, 3, ("replace", "remove-readd", "transfer", "kill-leader", "partition"), 200, 1),
 ]
 
 
@@ -47,6 +49,9 @@ def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...]
     assert set(report.faults) <= set(kinds)
     assert report.outcomes["ok"] > 500, "the clients made too little progress"
     assert report.snapshots["taken"] > 0, "no snapshot was taken under load"
+    member_faults = sum(n for k, n in report.faults.items()
+                        if k in ("replace", "remove-readd", "transfer"))
+    assert member_faults >= 1 or not {"replace", "remove-readd", "transfer"} & set(kinds)
     if groups > 1:
         shard_faults = sum(n for k, n in report.faults.items()
                            if k in ("move", "split", "merge", "join", "leave"))

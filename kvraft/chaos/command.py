@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from kvraft.chaos.nemesis import ALL_KINDS, FAULT_KINDS, SHARD_KINDS, NemesisSettings
+from kvraft.chaos.nemesis import (
+    ALL_KINDS,
+    FAULT_KINDS,
+    MEMBER_KINDS,
+    SHARD_KINDS,
+    NemesisSettings,
+)
 from kvraft.chaos.runner import ChaosSettings, report_json, run_chaos
 
 
@@ -26,7 +32,8 @@ from kvraft.chaos.runner import ChaosSettings, report_json, run_chaos
               "the shard faults (move, split, merge, join, leave) join the default kinds.")
 @click.option("--faults", "kinds", help="Comma-separated fault kinds to draw from "
               f"[default: {','.join(FAULT_KINDS)}; with --groups > 1 also "
-              f"{','.join(SHARD_KINDS)}].")
+              f"{','.join(SHARD_KINDS)}]; membership faults on request: "
+              f"{','.join(MEMBER_KINDS)}.")
 @click.option("--data-dir", type=click.Path(file_okay=False),
               help="Where node data and logs go (a temporary directory by default).")
 @click.option("--history", "history_path", type=click.Path(dir_okay=False),
@@ -48,7 +55,7 @@ def chaos_command(seed: int | None, runs: int, duration_s: float, nodes: str, cl
     if kinds is None:
         kinds = ",".join(ALL_KINDS if groups > 1 else FAULT_KINDS)
     chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
-    allowed = ALL_KINDS if groups > 1 else FAULT_KINDS
+    allowed = ALL_KINDS if groups > 1 else FAULT_KINDS + MEMBER_KINDS
     bad = [k for k in chosen if k not in allowed]
     if bad or not chosen:
         raise click.UsageError(f"unknown fault kinds {bad}; choose from {', '.join(allowed)}"

@@ -27,6 +27,13 @@ Shard faults (a sharded cluster, ``kvraft chaos --groups 2``), through the contr
   end of the fault, after which the ranges are rebalanced back onto it;
 - ``join``: rebalance (the plan of ``shardctl rebalance --apply``).
 
+Membership faults (on data group 1, through ``/v1/admin/members``; any node):
+
+- ``replace``: start a new node, add it (learner, then voter once caught up), and
+  remove a random voter (the leader half of the time); the old node keeps running;
+- ``remove-readd``: remove a random voter, add it back at the end of the fault;
+- ``transfer``: hand leadership to a random other voter.
+
 Partitions, delay and loss act inside each node's transport through the admin endpoint
 (which requires the cluster secret).
 """
@@ -50,7 +57,10 @@ PROCESS_KINDS = ("kill", "kill-leader", "pause", "partition", "isolate-leader", 
                  "one-way", "delay", "loss", "majority-down")
 FAULT_KINDS = PROCESS_KINDS
 SHARD_KINDS = ("move", "split", "merge", "join", "leave")
-ALL_KINDS = PROCESS_KINDS + SHARD_KINDS
+MEMBER_KINDS = ("replace", "remove-readd", "transfer")
+ALL_KINDS = PROCESS_KINDS + SHARD_KINDS + MEMBER_KINDS
+MAX_NODES = 6
+"""``replace`` starts no new node beyond this many processes (it removes and re-adds)."""
 
 
 @dataclass(slots=True)
@@ -110,6 +120,8 @@ class Nemesis:
     def _inject(self, kind: str) -> Callable[[], None]:
         if kind in SHARD_KINDS:
             return self._shard_fault(kind)
+        if kind in MEMBER_KINDS:
+            return self._member_fault(kind)
         c = self.cluster
         ids = list(c.ids)
         if kind in ("kill", "kill-leader"):
@@ -241,6 +253,68 @@ class Nemesis:
         else:
             self._say(f"{kind}: nothing to do with groups {gids}")
         return lambda: None
+
+    # --- membership faults -----------------------------------------------------------------
+
+    def _voters(self) -> list[int] | None:
+        c = self.cluster
+        lead = c.leader()
+        if lead is None:
+            return None
+        try:
+            return list(c.members_of(1, via=lead)["committed_voters"])
+        except Exception:
+            return None
+
+    def _member(self, op: str, node: int) -> bool:
+        try:
+            out = self.cluster.member(op, node, timeout_s=15.0)
+        except Exception as e:  # no leader, a change in flight, a timeout: all expected
+            self._say(f"  -> {op} {node} failed: {' '.join(str(e).split())[:200]}")
+            return False
+        self._say(f"  -> voters {out.get('voters')} learners {out.get('learners')}")
+        return True
+
+    def _member_fault(self, kind: str) -> Callable[[], None]:
+        c = self.cluster
+        voters = self._voters()
+        if voters is None:
+            self._say(f"{kind}: no leader to ask; skipped")
+            return lambda: None
+        lead = c.leader()
+        pick = lead if lead in voters and self.rng.random() < 0.5 else self.rng.choice(voters)
+        if kind == "transfer":
+            others = [v for v in voters if v != lead]
+            if lead is None or not others:
+                self._say("transfer: no other voter; skipped")
+                return lambda: None
+            to = self.rng.choice(others)
+            self._say(f"transfer: leadership of group 1 from {lead} to {to}")
+            try:
+                c._admin_call("POST", "/v1/admin/transfer-leader",
+                              {"group": 1, "to": to, "timeout_s": 5.0}, None, 10.0)
+            except Exception as e:
+                self._say(f"  -> transfer failed: {' '.join(str(e).split())[:200]}")
+            return lambda: None
+        if kind == "replace" and len(c.ids) < MAX_NODES:
+            new = c.new_node()
+            self._say(f"replace: add new node {new} to group 1, then remove {pick}")
+            if self._member("add", new) and len(voters) >= 3:
+                self._member("remove", pick)
+            return lambda: None
+        if len(voters) < 3:
+            self._say(f"{kind}: only voters {voters}; skipped")
+            return lambda: None
+        self._say(f"remove-readd: remove node {pick} from group 1")
+        if not self._member("remove", pick):
+            return lambda: None
+
+        def readd() -> None:
+            self._say(f"remove-readd: add node {pick} back")
+            for _ in range(3):
+                if self._member("add", pick):
+                    return
+        return readd
 
     def _partition(self, sides: list[set[int]], kind: str) -> None:
         blocked: dict[int, set[int]] = {i: set() for i in self.cluster.ids}
