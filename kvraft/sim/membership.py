@@ -11,7 +11,8 @@ Each world tick (while faulty) the operator looks at the committed membership (a
 the checker established it from leaders' commit indexes): a step already true is
 done; otherwise it asks the current leader, once that leader has committed an entry
 of its term and has no change in flight, to propose the membership that makes it true
-(always a single-server change of the committed one). A proposal lost with a leader
+(always a single-server change of the committed one); a learner is promoted once it
+holds the leader's committed log. A proposal lost with a leader
 change is simply asked for again. A plan that cannot finish in
 ``PLAN_TICKS_PER_ELECTION * election_ticks`` ticks is abandoned.
 
@@ -153,6 +154,9 @@ class Operator:
         if (core.conf != conf or core.log.term(core.log.committed) != core.term
                 or core.pending_conf_index() > core.log.committed):
             return  # a stale leader, a fresh one, or a change in flight: wait
+        if action == "voter" and target in core.prs and (
+                core.prs[target].match < core.log.committed):
+            return  # as operators do: promote a learner once it has caught up
         new = self._target_conf(action, target, conf)
         if new is None:
             c.trace(f"OPERATOR abandons {self.plan_name}: {action} n{target} is not possible "
