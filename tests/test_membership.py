@@ -9,7 +9,13 @@ Seeds: ``KVRAFT_MEMBER_SEED`` (printed).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from test_sharding import _append_anomalies, _final_reads, _Workload
@@ -173,3 +179,81 @@ def test_removed_node_that_keeps_running_does_not_disrupt(tmp_path: Path) -> Non
         st3 = c.status(3)
         assert st3 is not None and st3["role"] != "leader" and st3["term"] <= term, st3
         assert _voters(c) == [1, 2]
+
+
+def _cli(c: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, KVRAFT_SECRET=c.secret)
+    return subprocess.run([sys.executable, "-m", "kvraft", *args], env=env, text=True,
+                          capture_output=True, timeout=120)
+
+
+def test_member_commands_and_bad_requests(tmp_path: Path) -> None:
+    """`kvraft member` / `transfer-leader` / `status` against any node, the controller
+    group's own membership, and 4xx (nothing changed) for every malformed request."""
+    with LocalCluster(tmp_path / "c") as c:
+        c.wait_for_leader()
+        new = c.new_node()
+        any_node = ["--addr", c.addrs[1]]
+        r = _cli(c, "member", "add", "--group", "1", "--id", str(new), "--address",
+                 c.addrs[new], "--no-promote", *any_node)
+        assert r.returncode == 0 and "as a learner" in r.stdout, r.stdout + r.stderr
+        r = _cli(c, "member", "list", "--group", "1", *any_node)
+        assert r.returncode == 0 and re.search(rf"^{new}\s+learner\s", r.stdout, re.M), r.stdout
+        r = _cli(c, "status", "--addr", ",".join(c.addr_list))
+        assert r.returncode == 0 and f"learners {new} (" in r.stdout, r.stdout
+        r = _cli(c, "member", "promote", "--group", "1", "--id", str(new), *any_node)
+        assert r.returncode == 0 and "is a voter" in r.stdout, r.stdout + r.stderr
+        r = _cli(c, "transfer-leader", "--group", "1", "--to", str(new), *any_node)
+        assert r.returncode == 0 and "now leads" in r.stdout, r.stdout + r.stderr
+        assert c.wait_for_leader() == new
+        r = _cli(c, "member", "promote", "--group", "1", "--id", str(new), *any_node)
+        assert r.returncode != 0 and "is not a learner" in r.stderr, r.stderr
+        # The controller group changes members too; the cluster keeps working.
+        r = _cli(c, "member", "add", "--group", "0", "--id", str(new), "--address",
+                 c.addrs[new], *any_node)
+        assert r.returncode == 0 and "is a voter of group 0" in r.stdout, r.stdout + r.stderr
+        r = _cli(c, "member", "remove", "--group", "0", "--id", "1", *any_node)
+        assert r.returncode == 0 and "removed from group 0" in r.stdout, r.stdout + r.stderr
+        assert c.ctrl({"op": "split", "key": "m"})["ok"]
+        before = c.members_of(1, via=new)
+
+        def call(method: str, path: str, body: object, secret: bool = True) -> int:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            req = urllib.request.Request(
+                f"http://{c.addrs[new]}{path}", data=None if method == "GET" else data,
+                method=method, headers={"X-Kvraft-Secret": c.secret} if secret else {})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return int(resp.status)
+            except urllib.error.HTTPError as e:
+                assert json.loads(e.read())["message"], path
+                return int(e.code)
+
+        bad: list[tuple[str, str, object, int]] = [
+            ("POST", "/v1/admin/members", {"op": "add", "group": 1, "id": 9,
+                                           "address": "127.0.0.1:1"}, 401),
+            ("POST", "/v1/admin/members", b"{not json", 400),
+            ("POST", "/v1/admin/members", [1, 2], 400),
+            ("POST", "/v1/admin/members", {"op": "bogus", "group": 1, "id": 9}, 400),
+            ("POST", "/v1/admin/members", {"op": "add", "group": 1, "id": 9}, 400),
+            ("POST", "/v1/admin/members", {"op": "add", "group": 1, "id": 9,
+                                           "address": "nowhere"}, 400),
+            ("POST", "/v1/admin/members", {"op": "add", "group": 1, "id": 0,
+                                           "address": "127.0.0.1:1"}, 400),
+            ("POST", "/v1/admin/members", {"op": "add", "group": "1", "id": 9,
+                                           "address": "127.0.0.1:1"}, 400),
+            ("POST", "/v1/admin/members", {"op": "remove", "group": 1, "id": 99}, 400),
+            ("POST", "/v1/admin/members", {"op": "promote", "group": 1, "id": 2}, 400),
+            ("POST", "/v1/admin/members", {"op": "remove", "group": 1, "id": 2,
+                                           "timeout_s": -1}, 400),
+            ("POST", "/v1/admin/members", {"op": "add-learner", "group": 1, "id": 9,
+                                           "address": "127.0.0.1:1", "promote": "yes"}, 400),
+            ("POST", "/v1/admin/transfer-leader", {"group": 1, "to": 99}, 400),
+            ("GET", "/v1/admin/members?group=abc", None, 400),
+            ("GET", "/v1/admin/members?group=7", None, 404),
+        ]
+        for method, path, body, want in bad:
+            got = call(method, path, body, secret=want != 401)
+            assert got == want, (method, path, body, got)
+        after = c.members_of(1, via=new)
+        assert (after["voters"], after["learners"]) == (before["voters"], before["learners"])

@@ -115,6 +115,10 @@ class MembershipMixin:
             return await self._forward(gid, "POST", "/v1/admin/members", doc, None, timeout_s)
         op, nid = doc["op"], doc["id"]
         addr = doc.get("address")
+        if op in ("add", "add-learner"):
+            if addr is None:
+                raise errors.InvalidArgument(f"{op} needs the new node's address")
+            _check_address(addr)
         core = r._ready_core()
         if core.role != Role.LEADER:
             raise r._not_leader(core.leader)
@@ -125,9 +129,7 @@ class MembershipMixin:
             return max(0.1, deadline - loop.time())
 
         if op in ("add", "add-learner"):
-            if addr is None:
-                raise errors.InvalidArgument(f"{op} needs the new node's address")
-            _check_address(addr)
+            assert addr is not None
             conf = core.conf
             if nid in conf.voters:
                 if op == "add" and conf.address_map().get(nid) in (None, addr):

@@ -113,14 +113,19 @@ class LocalCluster:
         """Send one controller command (``{"op": "move", ...}``) through any member."""
         for _ in range(int(timeout_s / 0.1)):
             for addr in self.controller:
-                try:
-                    code, doc = self._request_addr(addr, "POST", "/v1/ctrl/command", op)
-                except (OSError, ValueError):
-                    continue
-                if code == 200:
-                    return dict(doc)
-                if code == 400:
-                    raise ClusterError(f"controller refused {op}: {doc}")
+                for _hop in range(3):  # follow a redirect to the leader (it may be a new node)
+                    try:
+                        code, doc = self._request_addr(addr, "POST", "/v1/ctrl/command", op)
+                    except (OSError, ValueError):
+                        break
+                    if code == 307 and isinstance(doc, dict) and doc.get("leader"):
+                        addr = doc["leader"]
+                        continue
+                    if code == 200:
+                        return dict(doc)
+                    if code == 400:
+                        raise ClusterError(f"controller refused {op}: {doc}")
+                    break
             time.sleep(0.1)
         raise ClusterError(f"controller did not accept {op}")
 
