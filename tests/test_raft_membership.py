@@ -384,7 +384,9 @@ def test_conf_reverts_on_a_follower() -> None:
     f.step(Message(MsgType.APP, to=2, frm=1, term=1, index=0, log_term=0, commit=0,
                    entries=[Entry(1, 1, conf({1, 2, 3}, {4}).encode(), EntryKind.CONF),
                             Entry(2, 1, conf({1, 3}, {4}).encode(), EntryKind.CONF)]))
-    assert f.conf == conf({1, 3}, {4}) and not f.promotable()
+    # Its removal is in its log but not committed: it may still campaign (the voters
+    # left may need it to commit the removal), counting votes over {1, 3}.
+    assert f.conf == conf({1, 3}, {4}) and f.promotable()
     f.step(Message(MsgType.APP, to=2, frm=3, term=2, index=1, log_term=1, commit=1,
                    entries=[Entry(2, 2), Entry(3, 2)]))
     assert f.conf == conf({1, 2, 3}, {4}) and f.pending_conf_index() == 1 and f.promotable()
@@ -424,7 +426,11 @@ def test_restart_reads_the_membership_from_its_log() -> None:
     core = _restart_from(entries, c3)
     assert core.conf == c2 and core.pending_conf_index() == 4
     assert [core.conf_at(i) for i in range(6)] == [c3, c3, c4, c4, c2, c2]
-    assert not core.promotable(), "2 was removed: it must not campaign after a restart"
+    # Its removal is not known to be committed: it may still have to lead to commit it.
+    assert core.promotable()
+    st = InitialState(conf=c3, hard_state=HardState(2, 0), entries=entries, applied=5)
+    core = RaftCore(Config(id=2), random.Random(0), st)
+    assert not core.promotable(), "2's removal is committed: it must not campaign"
     # With a snapshot at 3 (whose membership is c4), only entries after it count.
     snap = SnapshotMeta(3, 1, c4)
     core = _restart_from(entries[3:], c4, snap)
@@ -507,3 +513,16 @@ def test_joining_node_waits_to_be_added() -> None:
     c.stabilize()
     assert c.core(4).log.committed == c.core(1).log.committed
     assert c.core(4).term == c.core(1).term and c.core(4).leader == 1
+
+
+def test_a_node_whose_removal_is_committed_never_campaigns() -> None:
+    c3 = conf({1, 2, 3})
+    f = RaftCore(Config(id=2), random.Random(0), InitialState(conf=c3))
+    f.step(Message(MsgType.APP, to=2, frm=1, term=1, index=0, log_term=0, commit=0,
+                   entries=[Entry(1, 1), Entry(2, 1, conf({1, 3}).encode(), EntryKind.CONF)]))
+    assert f.promotable()  # uncommitted removal
+    f.step(Message(MsgType.HEARTBEAT, to=2, frm=1, term=1, commit=2))
+    assert f.log.committed == 2 and not f.promotable()
+    for _ in range(100):
+        f.tick()
+    assert f.role == Role.FOLLOWER and f.term == 1 and f.campaigns == 0

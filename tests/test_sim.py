@@ -614,11 +614,11 @@ def test_checkers_catch_ack_before_persist() -> None:
     assert not r.ok and r.error.startswith("[persistence]")
     # Without the Ready-contract check, the lost acknowledged entries show up end to end.
     # Without it, the leader counts acknowledgements that are on no disk.
-    r = run_seed(58, 3, 600, core_factory=LazyFollowerDisk, **NO_SNAPSHOTS,
+    r = run_seed(73, 3, 600, core_factory=LazyFollowerDisk, **NO_SNAPSHOTS,
                  disabled_checks=frozenset({"persistence"}))
     print(r.error)
     assert not r.ok and r.error.startswith("[quorum]")
-    r = run_seed(58, 3, 600, core_factory=LazyFollowerDisk, **NO_SNAPSHOTS,
+    r = run_seed(73, 3, 600, core_factory=LazyFollowerDisk, **NO_SNAPSHOTS,
                  disabled_checks=frozenset({"persistence", "quorum"}))
     print(r.error)
     assert not r.ok and r.error.startswith("[leader-completeness]")

@@ -121,6 +121,14 @@ class ConfHistory:
 
     base: ConfState
     points: tuple[tuple[int, ConfState], ...]
+    base_index: int = 0
+    """``base`` is known to be in force from here; below it the membership is unknown."""
+
+    def known(self, index: int) -> bool:
+        """Is the membership at ``index`` known here? Not below a snapshot that replaced
+        the log, and not for a node that joined with no membership before it holds its
+        first membership entry."""
+        return index >= self.base_index and bool(self(index).voters)
 
     def __call__(self, index: int) -> ConfState:
         conf = self.base
@@ -246,7 +254,8 @@ class RaftCore:
 
     def conf_history(self) -> ConfHistory:
         """A frozen copy of the memberships in the log, safe to use from another thread."""
-        return ConfHistory(self._base_conf, tuple((i, c) for i, _, c in self._conf_points))
+        return ConfHistory(self._base_conf, tuple((i, c) for i, _, c in self._conf_points),
+                           self._base_index)
 
     def read_index(self, ctx: int) -> None:
         """Ask to serve a linearizable read identified by ``ctx``.
@@ -483,7 +492,15 @@ class RaftCore:
         return SoftState(self.leader, self.role, self.term)
 
     def promotable(self) -> bool:
-        return self.id in self.conf.voters
+        """May this replica campaign? If it is a voter in the newest membership in its
+        log, or in the newest committed one. The second case is a node whose removal is
+        in its log but not committed: the voters left may need it to lead (its log can
+        be the only complete one) to commit that removal; it counts votes over its newest
+        membership, as every candidate does, and steps down once the removal commits.
+        A node that knows its removal is committed never campaigns again."""
+        if self.id in self.conf.voters:
+            return True
+        return bool(self._conf_points) and self.id in self.conf_at(self.log.committed).voters
 
     def add_read_state(self, ctx: int, index: int) -> None:
         self.read_states.append(ReadState(ctx, index))

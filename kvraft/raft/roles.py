@@ -44,8 +44,12 @@ def step(r: RaftCore, m: Message) -> None:
         if (r.cfg.check_quorum or r.cfg.pre_vote) and m.type in (MsgType.APP, MsgType.HEARTBEAT):
             # A stale leader: tell it our term so it steps down.
             r.send(Message(MsgType.APP_RESP, to=m.frm, frm=r.id, term=r.term))
-        elif m.type == MsgType.PRE_VOTE:
-            r.send(Message(MsgType.PRE_VOTE_RESP, to=m.frm, frm=r.id, term=r.term, reject=True))
+        elif m.type in (MsgType.PRE_VOTE, MsgType.VOTE):
+            # Tell a stale candidate our term (Raft: reply false with currentTerm), so it
+            # catches up: a voter it cannot otherwise hear from (one whose membership
+            # does not list it, such as a node that joined later) may need its vote.
+            resp = MsgType.PRE_VOTE_RESP if m.type == MsgType.PRE_VOTE else MsgType.VOTE_RESP
+            r.send(Message(resp, to=m.frm, frm=r.id, term=r.term, reject=True))
         return
     if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
         _handle_vote_request(r, m)

@@ -103,6 +103,10 @@ def recover_state(group_dir: Path, loaded: LoadedLog, state: MachineStore,
     return open_store(path)
 
 
+class MembershipUnknown(Exception):
+    """A snapshot now could not record the membership at its index (try again later)."""
+
+
 class Snapshotter:
     def __init__(self, replica: SnapshotHost, settings: SnapshotSettings,
                  stream: StreamSnapshot | None) -> None:
@@ -144,6 +148,8 @@ class Snapshotter:
     async def _take_logged(self) -> None:
         try:
             await self.take()
+        except MembershipUnknown as e:
+            log.info("%s", e)
         except Exception as e:
             log.error("group %d: snapshot failed: %s", self.r.group_id, e, exc_info=True)
 
@@ -162,8 +168,14 @@ class Snapshotter:
         assert core is not None
         loop = asyncio.get_running_loop()
         t0 = time.monotonic()
+        history = core.conf_history()
+        if not history.known(r.applied_index):
+            raise MembershipUnknown(
+                f"group {r.group_id}: the membership at index {r.applied_index} is not known "
+                "here yet (a snapshot install is pending, or this node joined and holds no "
+                "membership entry yet); no snapshot now")
         snap = await loop.run_in_executor(self._io, snapfiles.create_snapshot,
-                                          r.state.path, self.dir, core.conf_history())
+                                          r.state.path, self.dir, history)
         elapsed = time.monotonic() - t0
         self.stats.taken += 1
         self.stats.last_take_s = elapsed

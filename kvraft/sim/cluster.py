@@ -499,10 +499,20 @@ class Cluster:
             return
         self.trace(f"liveness: {marker.payload.decode()} committed at {marker.index} "
                    f"{self.tick - start} ticks after the heal")
+        # Members catch up: each must keep making progress (no stall of ``bound``
+        # ticks); a far-behind new member in a reordering network may need many rounds.
         deadline = self.tick + bound
-        while self.tick < deadline and any(n.applied < self._final_index(marker)
-                                           for n in self.nodes.values()
-                                           if n.id in self.members()):
+        hard_stop = self.tick + 50 * bound
+        seen: dict[int, int] = {}
+        while self.tick < min(deadline, hard_stop):
+            lagging = [n for n in self.nodes.values() if n.id in self.members()
+                       and n.applied < self._final_index(marker)]
+            if not lagging:
+                break
+            if any(n.applied > seen.get(n.id, -1) for n in lagging):
+                deadline = self.tick + bound
+            for n in lagging:
+                seen[n.id] = max(seen.get(n.id, -1), n.applied)
             self.run_ticks(1)
         self.checker.full_scan()
         self.final_check(self._final_index(marker))
