@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -76,6 +77,11 @@ def main() -> None:
         if writer is not None:
             writer.stop.set()
         c.stop()
+    conn = sqlite3.connect(f"file:{c.data_dir(new) / 'group-1' / 'state.db'}?mode=ro", uri=True)
+    try:
+        rep["new_node_keys"] = conn.execute("SELECT COUNT(*) FROM kv WHERE k LIKE 'k%'").fetchone()[0]
+    finally:
+        conn.close()
     if a.json:
         print(json.dumps(rep))
         return
