@@ -141,6 +141,15 @@ def test_move_a_group_to_three_new_nodes(tmp_path: Path) -> None:
             load.progress()
         assert _voters(c) == new
         wait_for(lambda: _controller_members(c) == new, 30, "the controller to follow")
+        r = subprocess.run([sys.executable, "-m", "shardctl", "--controller",
+                            ",".join(c.addr_list[:3]), "--secret", c.secret, "show"],
+                           text=True, capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        head = next(i for i, ln in enumerate(lines) if ln.startswith("GROUP "))
+        row = next(ln for ln in lines[head:] if ln.startswith("1 "))  # group 1's row
+        assert all(f"{n}={c.addrs[n]}" in row for n in new), row
+        assert not any(f"{n}={c.addrs[n]}" in row for n in (1, 2, 3)), row
         for old in (1, 2, 3):  # each got the entry that removed it: it knows
             wait_for(lambda o=old: (c.status(o) or {}).get("member") is False, 30,  # type: ignore[misc]
                      f"node {old} to see its removal")
