@@ -327,6 +327,8 @@ class AsyncClient:
         last_error = "no node answered"
         backoff = 0.01
         wrong = 0
+        redirect: str | None = None
+        hops = 0
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -343,7 +345,9 @@ class AsyncClient:
                     await self._refresh_map(num)
                 continue
             addr = self._leaders.get(gid)
-            if addr is not None and addr not in members:
+            if redirect is not None:
+                addr, redirect = redirect, None  # where the last answer sent us
+            elif addr is not None and addr not in members:
                 del self._leaders[gid]  # that node left the group (a membership change)
                 addr = None
             addr = addr or members[next(self._rr) % len(members)]
@@ -371,16 +375,27 @@ class AsyncClient:
                     return a
                 code = a.body.get("error", "")
                 if a.status == 307 and a.leader:
-                    self._leaders[gid] = _norm_addr(a.leader)
+                    redirect = self._leaders[gid] = _norm_addr(a.leader)
                     last_error = f"{addr} redirected to leader {a.leader}"
+                    hops += 1
+                    if redirect not in members and hops == 1:
+                        with _suppress_unavailable():  # a new member leads: learn the map
+                            await self._refresh_map(num)
+                    if hops % 8 == 0:  # a redirect loop (leadership moving): back off
+                        await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                        backoff = min(backoff * 2, 0.2)
                     continue
-                redirect = a.body.get("redirect")
-                if code == "wrong_group" and isinstance(redirect, str) and redirect:
+                elsewhere = a.body.get("redirect")
+                if code == "wrong_group" and isinstance(elsewhere, str) and elsewhere:
                     # The node is not (or no longer) a member of the group: go where it says.
-                    self._leaders[gid] = _norm_addr(redirect)
-                    last_error = f"{addr}: not a member of group {gid}, sent to {redirect}"
+                    redirect = self._leaders[gid] = _norm_addr(elsewhere)
+                    last_error = f"{addr}: not a member of group {gid}, sent to {elsewhere}"
+                    hops += 1
                     with _suppress_unavailable():
                         await self._refresh_map(num)
+                    if hops % 8 == 0:
+                        await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                        backoff = min(backoff * 2, 0.2)
                     continue
                 if code == "wrong_group":
                     # Rule 3: a group at or behind our map is lagging or still pulling:

@@ -105,6 +105,8 @@ def restore_node(store: S3SnapshotStore, *, group: int, node_id: int, data_dir: 
             raft.save(HardState(manifest.term, 0), [])
             raft.compact(SnapshotMeta(manifest.index, manifest.term, conf),
                          (manifest.index, manifest.term), discard_log=True)
+            if not whole_group:
+                raft.mark_restored(manifest.index)
         finally:
             raft.close()
         os.replace(staging, gdir)

@@ -175,6 +175,10 @@ def test_removed_node_that_keeps_running_does_not_disrupt(tmp_path: Path) -> Non
         c.member("remove", 3, via=lead)
         lead = c.wait_for_leader(exclude={3})
         term = c.status(lead)["term"]  # type: ignore[index]
+        # The leader stops replicating to it soon after the removal commits (it would
+        # otherwise tell node 3, which then knows it is out and never campaigns).
+        wait_for(lambda: "3" not in c.members_of(1, via=lead).get("progress", {"3": 0}), 30,
+                 "the leader to stop replicating to the removed node")
         c.heal()
         base = c.status(3)["campaigns"]  # type: ignore[index]
         wait_for(lambda: (c.status(3) or {}).get("campaigns", 0) >= base + 3, 30,
@@ -224,6 +228,10 @@ def test_member_commands_and_bad_requests(tmp_path: Path) -> None:
         r = _cli(c, "member", "remove", "--group", "0", "--id", "1", *any_node)
         assert r.returncode == 0 and "removed from group 0" in r.stdout, r.stdout + r.stderr
         assert c.ctrl({"op": "split", "key": "m"})["ok"]
+        # Nodes (and nodes that do not host the controller) learn its new members.
+        want = sorted(c.addrs[n] for n in (2, 3, new))
+        wait_for(lambda: sorted(c._request(2, "GET", "/v1/ctrl/config")[1].get(
+            "controller", [])) == want, 30, "the controller's new members to be reported")
         before = c.members_of(1, via=new)
 
         def call(method: str, path: str, body: object, secret: bool = True) -> int:

@@ -526,3 +526,32 @@ def test_a_node_whose_removal_is_committed_never_campaigns() -> None:
     for _ in range(100):
         f.tick()
     assert f.role == Role.FOLLOWER and f.term == 1 and f.campaigns == 0
+
+
+def test_a_removed_follower_hears_that_its_removal_is_committed() -> None:
+    """The leader keeps replicating to a removed node until a heartbeat has told it the
+    removal is committed: it then never campaigns (it knows it is out)."""
+    c = started(3)
+    c.run("remove 1 3 quiet=true")
+    c.stabilize()
+    removal = c.core(1).pending_conf_index()
+    assert c.core(1).log.committed >= removal
+    c.run("tick-heartbeat 1")
+    c.stabilize()
+    f = c.core(3)
+    assert f.log.committed >= removal and not f.promotable()
+    assert 3 not in c.core(1).prs, "dropped once it was told"
+
+
+def test_a_change_without_a_live_majority_of_the_new_voters_is_refused() -> None:
+    """With 3 down, removing 2 from {1, 2, 3} would leave {1, 3}: no live majority, and
+    (changes take effect on append) no way to commit that or any later change."""
+    c = started(3)
+    c.run("partition 1 2 | 3")
+    for _ in range(3):
+        c.run("tick-election 1")
+        c.stabilize()
+    lead = c.core(1)
+    with pytest.raises(ProposalDropped, match="no live majority"):
+        lead.propose_conf(conf({1, 3}))
+    lead.propose_conf(conf({1, 2}))  # removing the dead one is fine

@@ -161,7 +161,10 @@ class RaftCore:
         self._conf_points: list[tuple[int, int, ConfState]] = []
         """(index, term, membership) of each CONF entry after ``_base_index``."""
         self.step_down_pending = False
+        self.ticks = 0
         self.leaving: set[int] = set()
+        self.leaving_for = 0
+        """Ticks since the removal of the ``leaving`` nodes committed."""
         """Nodes a leader still replicates to after removing them, until the removal
         commits: a removed node that gets its removal entry stops campaigning."""
         self.campaigns = 0
@@ -195,6 +198,7 @@ class RaftCore:
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self.ticks += 1
         if self.role == Role.LEADER:
             roles.tick_leader(self)
         else:
@@ -243,7 +247,24 @@ class RaftCore:
         if self.pending_conf_index() > self.log.committed:
             raise ProposalDropped(f"the membership change at index {self.pending_conf_index()} "
                                   "is not committed yet")
+        live = self.live_voters(conf.voters)
+        if len(live) < majority(len(conf.voters)):
+            # The change takes effect on append: without a live quorum of the new voters
+            # it could never commit, and no other change could be made to repair it.
+            raise ProposalDropped(
+                f"the new voters {sorted(conf.voters)} would have no live majority (live: "
+                f"{sorted(live)}); bring members back or remove the unreachable ones first")
         return self.propose(conf.encode(), EntryKind.CONF)
+
+    def live_voters(self, voters: frozenset[int]) -> set[int]:
+        """The ``voters`` this leader heard from within an election timeout (itself too)."""
+        out = set()
+        for p in voters:
+            pr = self.prs.get(p)
+            if p == self.id or (pr is not None and pr.heard_at > 0
+                                and self.ticks - pr.heard_at <= self.cfg.election_ticks):
+                out.add(p)
+        return out
 
     def pending_conf_index(self) -> int:
         return self._conf_points[-1][0] if self._conf_points else 0
@@ -431,6 +452,7 @@ class RaftCore:
             return
         self.leaving = (self.leaving | (old.all_nodes() - conf.all_nodes())) - conf.all_nodes()
         self.leaving.discard(self.id)
+        self.leaving_for = 0
         members = conf.all_nodes() | {self.id} | self.leaving
         for p in list(self.prs):
             if p not in members:
@@ -439,6 +461,7 @@ class RaftCore:
         for p in members:
             if p not in self.prs:
                 self.prs[p] = Progress(match=0, next=last + 1, recent_active=True,
+                                       heard_at=self.ticks,
                                        inflights=Inflights(self.cfg.max_inflight_msgs,
                                                            self.cfg.max_inflight_bytes))
         if self.transferee not in conf.voters:
@@ -465,6 +488,7 @@ class RaftCore:
         self._reset_randomized_timeout()
         self.votes = {}
         self.leaving = set()
+        self.leaving_for = 0
         self.transferee = NONE
         self.bcast_pending = False
         self.read_bcast_pending = False

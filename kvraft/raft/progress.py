@@ -71,6 +71,8 @@ class Progress:
     state: ProgressState = ProgressState.PROBE
     probe_sent: bool = False
     recent_active: bool = False
+    heard_at: int = 0
+    """The leader's tick count when this peer last answered (for reconfiguration checks)."""
     pending_snapshot: int = 0
     read_ack: int = 0
     """Highest read sequence this follower has acknowledged in the current term."""

@@ -156,6 +156,23 @@ def tick_leader(r: RaftCore) -> None:
     if r.heartbeat_elapsed >= r.cfg.heartbeat_ticks:
         r.heartbeat_elapsed = 0
         bcast_heartbeat(r)
+        _forget_leaving(r)
+
+
+def _forget_leaving(r: RaftCore) -> None:
+    """Stop replicating to removed nodes once their removal is committed and they were
+    told so: a heartbeat carries the commit index up to what the node holds, so one that
+    holds the removal has now heard it is committed (best effort: an election timeout
+    after the commit, they are dropped anyway)."""
+    if not r.leaving or r.pending_conf_index() > r.log.committed:
+        return
+    r.leaving_for += r.cfg.heartbeat_ticks
+    for p in list(r.leaving):
+        pr = r.prs.get(p)
+        if pr is None or pr.match >= r.pending_conf_index() or \
+                r.leaving_for > r.cfg.election_ticks:
+            r.prs.pop(p, None)
+            r.leaving.discard(p)
 
 
 def _quorum_active(r: RaftCore) -> bool:
@@ -258,6 +275,7 @@ def _step_leader(r: RaftCore, m: Message) -> None:
     pr = r.prs.get(m.frm)
     if pr is None:
         return
+    pr.heard_at = r.ticks
     if m.type == MsgType.APP_RESP:
         pr.recent_active = True
         if m.reject:
@@ -317,10 +335,6 @@ def maybe_commit(r: RaftCore) -> bool:
     r.log.commit_to(index)
     r.bcast_pending = True  # followers learn the new commit index
     if r.pending_conf_index() <= index:
-        if r.leaving:  # removed nodes had their chance to hear of it: stop sending
-            for p in r.leaving:
-                r.prs.pop(p, None)
-            r.leaving = set()
         if r.id not in r.conf.voters:
             r.step_down_pending = True  # our removal is committed (see step_down_removed)
     if first_in_term and r.reads_before_commit:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kvraft import errors
+from kvraft.addresses import split_hostport
 from kvraft.raft import ConfState, Role
 
 if TYPE_CHECKING:
@@ -40,14 +41,19 @@ MEMBER_OPS = ("add", "add-learner", "promote", "remove")
 
 
 def _check_address(addr: str) -> str:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise errors.InvalidArgument(f"bad address {addr!r}: expected HOST:PORT")
+    try:
+        split_hostport(addr)
+    except ValueError as e:
+        raise errors.InvalidArgument(str(e)) from None
     return addr
 
 
-def _with_addr(conf: ConfState, nid: int, addr: str | None) -> tuple[tuple[int, str], ...]:
-    addrs = dict(conf.addresses)
+def _with_addr(conf: ConfState, nid: int, addr: str | None,
+               known: dict[int, str]) -> tuple[tuple[int, str], ...]:
+    """Every member's address (a membership from before addresses were recorded lacks
+    them: fill in what this node knows), with ``nid`` at ``addr``."""
+    addrs = {n: a for n, a in known.items() if n in conf.all_nodes()}
+    addrs.update(conf.addresses)
     if addr is not None:
         addrs[nid] = addr
     return tuple(sorted(addrs.items()))
@@ -137,7 +143,8 @@ class MembershipMixin:
                 raise errors.InvalidArgument(f"node {nid} is already a voter of group {gid}")
             if nid not in conf.learners or conf.address_map().get(nid) != addr:
                 await r.change_conf(lambda c: ConfState(
-                    c.voters, c.learners | {nid}, _with_addr(c, nid, addr)), timeout_s=left())
+                    c.voters, c.learners | {nid}, _with_addr(c, nid, addr, self.addresses)),
+                    timeout_s=left())
             if op == "add-learner" or doc.get("promote") is False:
                 return self._member_result(r, f"node {nid} added to group {gid} as a learner")
             op = "promote"
@@ -147,7 +154,8 @@ class MembershipMixin:
             reached = await r.wait_caught_up(nid, timeout_s=left())
             log.info("group %d: learner %d caught up to %d; promoting", gid, nid, reached)
             await r.change_conf(lambda c: ConfState(
-                c.voters | {nid}, c.learners - {nid}, c.addresses), timeout_s=left())
+                c.voters | {nid}, c.learners - {nid}, _with_addr(c, nid, None, self.addresses)),
+                timeout_s=left())
             self._member_changed(gid)
             return self._member_result(r, f"node {nid} is a voter of group {gid}")
         if op == "remove":
@@ -156,7 +164,8 @@ class MembershipMixin:
                 raise errors.InvalidArgument(f"node {nid} is not a member of group {gid}")
             await r.change_conf(lambda c: ConfState(
                 c.voters - {nid}, c.learners - {nid},
-                tuple(p for p in c.addresses if p[0] != nid)), timeout_s=left())
+                tuple(p for p in _with_addr(c, nid, None, self.addresses) if p[0] != nid)),
+                timeout_s=left())
             self._member_changed(gid)
             return self._member_result(r, f"node {nid} removed from group {gid}")
         raise errors.InvalidArgument(f"op must be one of {', '.join(MEMBER_OPS)}")

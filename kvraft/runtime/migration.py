@@ -57,6 +57,8 @@ class ConfigSource:
         self.errors = 0
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = -1e9
+        self.on_controller: Callable[[list[str]], None] | None = None
+        """Called with the controller's members as the controller reports them."""
 
     def _keep(self, cfg: Configuration) -> None:
         self._cache[cfg.num] = cfg
@@ -77,6 +79,10 @@ class ConfigSource:
             return None
         cfg = Configuration.from_dict(doc["config"])
         self._keep(cfg)
+        ctrl = doc.get("controller")
+        if (self.on_controller is not None and isinstance(ctrl, list) and ctrl
+                and all(isinstance(a, str) for a in ctrl)):
+            self.on_controller(ctrl)
         return cfg
 
     async def refresh(self, timeout_s: float = 3.0, min_interval_s: float = 0.05

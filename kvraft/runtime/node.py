@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from kvraft import errors
+from kvraft.addresses import split_hostport
 from kvraft.config import NodeSettings
 from kvraft.kv.commands import Command
 from kvraft.kv.machine import Result, Status
@@ -132,11 +133,7 @@ class NodeConfig:
         return [a for _, a in sorted(self.peers.items())]
 
 
-def _split_hostport(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad address {addr!r}: expected HOST:PORT")
-    return host, int(port)
+_split_hostport = split_hostport
 
 
 class Node(ShardServiceMixin, MembershipMixin):
@@ -150,6 +147,7 @@ class Node(ShardServiceMixin, MembershipMixin):
         self.removed: set[int] = set()
         self.caller = GroupCaller(config.secret)
         self.configs = ConfigSource(self.caller, self.controller_addrs)
+        self.configs.on_controller = self._learn_controller
         self.drivers: dict[int, ShardDriver] = {}
         self.transport: PeerTransport | None = None
         self._runner: web.AppRunner | None = None
@@ -169,14 +167,14 @@ class Node(ShardServiceMixin, MembershipMixin):
         self._lock()
         self.transport = PeerTransport(node_id=cfg.node_id, secret=cfg.secret,
                                        deliver=self._deliver, unreachable=self._unreachable,
-                                       listen=cfg.listen, learn=self._learn_peer)
+                                       listen=cfg.peers.get(cfg.node_id, cfg.listen),
+                                       learn=self._learn_peer)
         await self.transport.start()
-        if cfg.join is not None and not cfg.controller and CONTROLLER not in cfg.groups:
-            await self._discover_controller(cfg.join)
         # A joining node has no bootstrap membership: it never campaigns, and waits for
         # the group's leader to add it (the log or a snapshot then tells it the rest).
         conf = (ConfState(frozenset()) if cfg.join is not None else
                 ConfState(frozenset(cfg.peers), addresses=tuple(sorted(cfg.peers.items()))))
+        await self._check_restored()
         for gid in cfg.groups:
             replica = Replica(node_id=cfg.node_id, group_id=gid, conf=conf,
                               data_dir=cfg.data_dir / f"group-{gid}",
@@ -215,6 +213,8 @@ class Node(ShardServiceMixin, MembershipMixin):
         self._tasks.append(loop.create_task(self._poll_controller()))
         for d in self.drivers.values():
             self._tasks.append(loop.create_task(d.run()))
+        if cfg.join is not None and not cfg.controller and CONTROLLER not in cfg.groups:
+            self._tasks.append(loop.create_task(self._discover_controller(cfg.join)))
         if self.backups is not None:
             self._tasks.append(loop.create_task(self.backups.run(self.replicas)))
         log.info("node %d serving on http://%s (data %s)", cfg.node_id, cfg.listen, cfg.data_dir)
@@ -234,10 +234,66 @@ class Node(ShardServiceMixin, MembershipMixin):
                     await self.report_members(gid)
             await asyncio.sleep(max(0.2, self.cfg.settings.shard.poll_interval_s * 5))
 
+    async def _check_restored(self) -> None:
+        """A group restored from a backup under a new id (``kvraft restore`` without
+        ``--whole-group``) must not still be a member of the live group: that id could
+        then come back with a stale log and forgotten votes. Ask the group first."""
+        import sqlite3
+
+        for gid in self.cfg.groups:
+            db = self.cfg.data_dir / f"group-{gid}" / "raft.db"
+            if not db.exists():
+                continue
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                row = conn.execute("SELECT v FROM meta WHERE k = 'restored_at'").fetchone()
+            except sqlite3.DatabaseError:
+                row = None
+            finally:
+                conn.close()
+            if row is None:
+                continue
+            asks = [a for a in ([self.cfg.join] if self.cfg.join else [])
+                    + [a for n, a in sorted(self.cfg.peers.items()) if n != self.cfg.node_id]
+                    + list(self.cfg.controller)]
+            if not asks:
+                raise errors.ServerError(
+                    f"group {gid} was restored from a backup: start this node with --join "
+                    "HOST:PORT so it can check it is not a member of the live group")
+            try:
+                doc = await self.caller.call(asks, "GET", "/v1/admin/members",
+                                             params={"group": str(gid)}, timeout_s=30.0)
+            except errors.KvraftError as e:
+                raise errors.ServerError(
+                    f"group {gid} was restored from a backup and the live group could not be "
+                    f"asked whether node {self.cfg.node_id} is still a member ({e}); refusing "
+                    "to start") from None
+            restored_at = int(row[0])
+            lead = doc.get("leader_address")
+            if doc.get("role") != "leader" and isinstance(lead, str):
+                with contextlib.suppress(errors.KvraftError):
+                    doc = await self.caller.call([lead], "GET", "/v1/admin/members",
+                                                 params={"group": str(gid)}, timeout_s=10.0)
+            log.info("group %d was restored from a backup at %d: the group lists voters %s, "
+                     "learners %s", gid, restored_at, doc.get("voters"), doc.get("learners"))
+            me = str(self.cfg.node_id)
+            match = (doc.get("progress") or {}).get(me, {}).get("match")
+            # Just added as a learner (the operator's next step, possibly before this
+            # check ran): the leader expects nothing from it yet. Anything else means
+            # the group counts on a log and votes this restored copy does not have.
+            fresh_learner = (self.cfg.node_id in doc.get("learners", [])
+                             and isinstance(match, int) and match <= restored_at)
+            if self.cfg.node_id in doc.get("voters", []) or (
+                    self.cfg.node_id in doc.get("learners", []) and not fresh_learner):
+                raise errors.ServerError(
+                    f"node {self.cfg.node_id} is still a member of group {gid}: a node restored "
+                    "from a backup must not come back under a member's id (its log and votes "
+                    "are gone). Remove it first (kvraft member remove), or restore a new id")
+
     async def _discover_controller(self, member: str) -> None:
         """A joining node asks a member where the controller is (GET /v1/shards)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 30.0
+        deadline = loop.time() + 60.0
         while True:
             try:
                 doc = await self.caller.call([member], "GET", "/v1/shards", timeout_s=3.0)
@@ -253,6 +309,19 @@ class Node(ShardServiceMixin, MembershipMixin):
                                 "as a controller member", member, e)
                     return
             await asyncio.sleep(0.5)
+
+    def _learn_controller(self, addrs: list[str]) -> None:
+        """The controller told us its members (its own membership may have changed)."""
+        good = []
+        for a in addrs:
+            try:
+                _split_hostport(a)
+            except ValueError:
+                return
+            good.append(a)
+        if CONTROLLER not in self.replicas and good != self._controller_seed:
+            log.info("the controller's members are now %s", ",".join(good))
+            self._controller_seed = good
 
     def controller_addrs(self) -> list[str]:
         """Where the controller is: its members by this node's replica of group 0 (whose
@@ -412,8 +481,9 @@ class Node(ShardServiceMixin, MembershipMixin):
                                     "(the cluster has no data group yet, or this node has "
                                     "not heard from the controller)", num=cfg.num)
         r = self.replicas.get(gid)
-        if r is not None and r.core is not None and self.cfg.node_id in r.core.conf.all_nodes():
-            return r
+        if r is not None and r.core is not None and (
+                self.cfg.node_id in r.core.conf.all_nodes() or r.core.role == Role.LEADER):
+            return r  # (a leader whose own removal is not committed yet still serves)
         # Not hosted, or hosted by a replica that is not a member (removed, or joining
         # and not added yet): send the client to the members the controller lists.
         members = {n: a for n, a in cfg.members(gid).items() if n != self.cfg.node_id}
@@ -438,7 +508,8 @@ class Node(ShardServiceMixin, MembershipMixin):
         members = {n: a for n, a in cfg.members(owner).items() if n != self.cfg.node_id}
         hosted = self.replicas.get(owner)
         member_here = (hosted is not None and hosted.core is not None
-                       and self.cfg.node_id in hosted.core.conf.all_nodes())
+                       and (self.cfg.node_id in hosted.core.conf.all_nodes()
+                            or hosted.core.role == Role.LEADER))
         redirect = members[min(members)] if not member_here and members else None
         return errors.WrongGroup(
             f"group {gid} does not serve {key!r} at configuration {group_num} "

@@ -97,6 +97,8 @@ class Replica:
         self.on_conf = on_conf
         """Called with (group, membership) whenever the membership in the log changes."""
         self._seen_conf: ConfState | None = None
+        self.restored_at: int | None = None
+        """Restored from a backup at this index under an id that is no member yet."""
         self.open_store = open_store
         self.node_id = node_id
         self.group_id = group_id
@@ -153,6 +155,7 @@ class Replica:
             conf=conf, hard_state=loaded.hard_state, snapshot=loaded.snapshot,
             entries=loaded.entries, applied=applied, log_start=loaded.log_start))
         self.applied_index = applied
+        self.restored_at = await loop.run_in_executor(self.log_io, self.raftlog.restored_at)
         self._seen_conf = self.core.conf
         if self.on_conf is not None:
             self.on_conf(self.group_id, self.core.conf)
@@ -359,6 +362,9 @@ class Replica:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not (core.leader == target and core.role != Role.LEADER):
+            if core.role == Role.LEADER and core.transferee == NONE:
+                raise errors.Unavailable(f"the transfer to node {target} was abandoned (it did "
+                                         "not catch up within an election timeout)")
             if loop.time() > deadline:
                 raise errors.Unavailable(f"node {target} did not take over within "
                                          f"{timeout_s:.1f}s (it may be lagging or down)")
@@ -460,6 +466,11 @@ class Replica:
             self._seen_conf = core.conf
             if self.on_conf is not None:
                 self.on_conf(self.group_id, core.conf)
+            if (self.restored_at is not None and self.node_id in core.conf.all_nodes()
+                    and core.pending_conf_index() > self.restored_at):
+                # Added again after the restore: from here on it is a member like any.
+                self.restored_at = None
+                await loop.run_in_executor(self.log_io, self.raftlog.clear_restored)
         for rs in rd.read_states:
             heapq.heappush(self._parked_reads, (rs.index, rs.ctx))
         for ctx in rd.dropped_reads:

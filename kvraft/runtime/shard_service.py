@@ -104,7 +104,7 @@ class ShardServiceMixin:
             raise errors.NotFound(f"configuration {num} does not exist (latest is "
                                   f"{st.latest().num})")
         self.configs.note(cfg)
-        return {"config": cfg.to_dict()}
+        return {"config": cfg.to_dict(), "controller": self.controller_addrs()}
 
     async def _latest(self, timeout_s: float) -> Configuration:
         r, _ = self._ctrl()

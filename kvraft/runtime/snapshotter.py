@@ -176,6 +176,17 @@ class Snapshotter:
                 "membership entry yet); no snapshot now")
         snap = await loop.run_in_executor(self._io, snapfiles.create_snapshot,
                                           r.state.path, self.dir, history)
+        # The copy's index is known only now, and entries (membership changes among
+        # them) kept being applied meanwhile: take the membership at that index from the
+        # log as it is now (committed entries are never truncated).
+        now = core.conf_history()
+        if not now.known(snap.index):  # a newer snapshot replaced the log meanwhile
+            raise MembershipUnknown(f"group {r.group_id}: the membership at index "
+                                    f"{snap.index} is no longer known here; the copy is not "
+                                    "used (pruning removes it)")
+        if now(snap.index) != snap.conf:
+            snap = await loop.run_in_executor(self._io, snapfiles.with_conf, snap,
+                                              now(snap.index))
         elapsed = time.monotonic() - t0
         self.stats.taken += 1
         self.stats.last_take_s = elapsed

@@ -138,6 +138,20 @@ class RaftLogStore:
                 c.executemany("INSERT INTO entries (idx, term, kind, data, crc) VALUES (?,?,?,?,?)",
                               [(e.index, e.term, e.kind, e.data, entry_crc(e)) for e in entries])
 
+    def mark_restored(self, index: int) -> None:
+        """This replica was restored from a backup at ``index`` under an id that may once
+        have been a member: it must not act as one until it is added again."""
+        self._set_meta({"restored_at": str(index)})
+
+    def restored_at(self) -> int | None:
+        row = self.conn.execute("SELECT v FROM meta WHERE k = 'restored_at'").fetchone()
+        return None if row is None else int(row[0])
+
+    def clear_restored(self) -> None:
+        c = self.conn
+        with transaction(c):
+            c.execute("DELETE FROM meta WHERE k = 'restored_at'")
+
     def set_conf(self, conf: ConfState) -> None:
         self._set_meta({"conf": conf_to_json(conf)})
 

@@ -121,6 +121,14 @@ def create_snapshot(state_db: Path, snap_dir: Path,
     return snap
 
 
+def with_conf(snap: LocalSnapshot, conf: ConfState) -> LocalSnapshot:
+    """The same snapshot recording another membership (its sidecar rewritten)."""
+    out = LocalSnapshot(snap.index, snap.term, conf, snap.path, snap.size, snap.sha256)
+    _write_sidecar(out)
+    fsync_dir(snap.path.parent)
+    return out
+
+
 def _write_sidecar(snap: LocalSnapshot) -> None:
     side = snap.path.with_suffix(".json")
     tmp = side.with_suffix(".json.tmp")

@@ -76,7 +76,7 @@ class MemberAPI:
             return denied
         try:
             raw = request.query.get("group", "")
-            if not raw.isdigit() or int(raw) > MAX_ID:
+            if not raw.isascii() or not raw.isdigit() or int(raw) > MAX_ID:
                 raise errors.InvalidArgument("?group= must be a group id")
             return _json(200, await self.service.members(int(raw),
                                                          timeout_s=self.default_timeout_s))
