@@ -266,7 +266,12 @@ def test_member_commands_and_bad_requests(tmp_path: Path) -> None:
             ("POST", "/v1/admin/members", {"op": "add-learner", "group": 1, "id": 9,
                                            "address": "127.0.0.1:1", "promote": "yes"}, 400),
             ("POST", "/v1/admin/transfer-leader", {"group": 1, "to": 99}, 400),
+            ("POST", "/v1/admin/members", {"op": "add", "group": 1, "id": 9,
+                                           "address": "h ost:80"}, 400),
+            ("POST", "/v1/admin/members", {"op": "add", "group": 1, "id": 9,
+                                           "address": "h:\u00b2"}, 400),
             ("GET", "/v1/admin/members?group=abc", None, 400),
+            ("GET", "/v1/admin/members?group=%C2%B2", None, 400),
             ("GET", "/v1/admin/members?group=7", None, 404),
         ]
         for method, path, body, want in bad:
