@@ -371,6 +371,23 @@ def test_join_with_other_members_updates_them() -> None:
     assert m.latest().ranges == m.query(num).ranges  # type: ignore[union-attr]
 
 
+def test_members_report_updates_a_joined_group_only() -> None:
+    """A group's leader reports its members after a membership change: like JOIN for a
+    joined group, but a stale report cannot bring back a group that left."""
+    m = machine_with("m", (1, 2))
+    num = m.latest().num
+    res = ok(m, CtrlCommand(CtrlOp.MEMBERS, gid=2, members=((5, "h5:1"),)).encode())
+    assert res.changed and res.num == num + 1 and m.latest().members(2) == {5: "h5:1"}
+    assert m.latest().ranges == m.query(num).ranges  # type: ignore[union-attr]
+    same = ok(m, CtrlCommand(CtrlOp.MEMBERS, gid=2, members=((5, "h5:1"),)).encode())
+    assert not same.changed
+    ok(m, leave(2))
+    rejected(m, CtrlCommand(CtrlOp.MEMBERS, gid=2, members=((5, "h5:1"),)).encode(),
+             "not joined")
+    rejected(m, CtrlCommand(CtrlOp.MEMBERS, gid=9, members=((5, "h5:1"),)).encode(),
+             "not joined")
+
+
 @pytest.mark.parametrize("cmd,fragment", [
     (CtrlCommand(CtrlOp.JOIN, gid=0, members=((1, "a:1"),)), "group id"),
     (CtrlCommand(CtrlOp.JOIN, gid=-3, members=((1, "a:1"),)), "group id"),

@@ -23,6 +23,9 @@ Operations (``gid`` is the target group of JOIN, LEAVE and MOVE):
 * ``SPLIT(key)``: split the range containing ``key`` at ``key`` (metadata only).
 * ``MERGE(key)``: merge the range starting at ``key`` into its left neighbour, which
   must be owned by the same group.
+* ``MEMBERS(gid, members)``: a joined group reports its members after a membership
+  change (the same as JOIN of a group that is already there, but refused for a group
+  that is not: a stale report must not bring back a group that left).
 * ``APPLY_PLAN(moves)``: apply ``(range_id, expected_version, to_gid)`` moves in one new
   configuration, dropping stale ones (SHARDING.md rule 10).
 
@@ -50,6 +53,7 @@ class CtrlOp(IntEnum):
     SPLIT = 4
     MERGE = 5
     APPLY_PLAN = 6
+    MEMBERS = 7
 
 
 class CtrlDecodeError(ValueError):
@@ -282,6 +286,10 @@ def _transition(config: Configuration, cmd: CtrlCommand) -> tuple[Configuration 
         return _merge(config, cmd), 0
     if cmd.op is CtrlOp.APPLY_PLAN:
         return _apply_plan(config, cmd)
+    if cmd.op is CtrlOp.MEMBERS:
+        if cmd.gid not in dict(config.groups):
+            raise CtrlRejected(f"group {cmd.gid} is not joined: its members are not tracked")
+        return _join(config, cmd), 0
     raise CtrlRejected(f"unknown op {cmd.op!r}")
 
 

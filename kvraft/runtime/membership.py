@@ -213,7 +213,7 @@ class MembershipMixin:
         if any(a is None for a in want.values()) or want == listed:
             return False
         await self.caller.call(self.controller_addrs(), "POST", "/v1/ctrl/command",
-                               body={"op": "join", "gid": gid,
+                               body={"op": "members", "gid": gid,
                                      "members": {str(n): a for n, a in sorted(want.items())}},
                                timeout_s=5.0)
         log.info("group %d: reported voters %s to the controller", gid, sorted(want))

@@ -31,7 +31,7 @@ MAX_EXPORT_BYTES = 4 << 20
 MAX_EXPORT_SESSIONS = 5000
 
 _OPS = {"join": CtrlOp.JOIN, "leave": CtrlOp.LEAVE, "move": CtrlOp.MOVE,
-        "split": CtrlOp.SPLIT, "merge": CtrlOp.MERGE}
+        "split": CtrlOp.SPLIT, "merge": CtrlOp.MERGE, "members": CtrlOp.MEMBERS}
 
 
 class ShardServiceMixin:
@@ -115,7 +115,7 @@ class ShardServiceMixin:
         op = _OPS.get(str(doc.get("op")))
         if op is None:
             raise errors.InvalidArgument(f"op must be one of {', '.join(_OPS)}")
-        if op == CtrlOp.JOIN:
+        if op in (CtrlOp.JOIN, CtrlOp.MEMBERS):
             members = doc.get("members")
             if not isinstance(members, dict) or not members:
                 raise errors.InvalidArgument('join needs "members": {"node_id": "host:port"}')
