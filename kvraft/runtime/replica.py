@@ -275,12 +275,20 @@ class Replica:
     async def propose(self, data: bytes, *, timeout_s: float) -> Any:
         """Replicate and apply ``data``; raises NotLeader, OutcomeUnknown or Unavailable."""
         core = self._ready_core()
+        return await self._replicate(lambda: core.propose(data), timeout_s, "write")
+
+    async def _replicate(self, append: Callable[[], tuple[int, int]], timeout_s: float,
+                         what: str) -> Any:
+        """Append an entry (``append`` returns its index and term) and wait until it is
+        applied here; the core's refusals become kvraft errors."""
         try:
-            index, term = core.propose(data)
+            index, term = append()
         except CoreNotLeader as e:
             raise self._not_leader(e.leader) from None
         except ProposalDropped as e:
             raise errors.Unavailable(str(e)) from None
+        except ValueError as e:
+            raise errors.InvalidArgument(str(e)) from None
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._proposals[index] = (term, fut)
         self._wake.set()
@@ -288,7 +296,7 @@ class Replica:
             return await _with_timeout(fut, timeout_s)
         except TimeoutError:
             self._proposals.pop(index, None)
-            raise errors.OutcomeUnknown(f"write not committed within {timeout_s:.1f}s") from None
+            raise errors.OutcomeUnknown(f"{what} not committed within {timeout_s:.1f}s") from None
 
     async def read_barrier(self, *, timeout_s: float) -> None:
         """Return once a linearizable read may be served from state.db (ReadIndex)."""
@@ -328,25 +336,9 @@ class Replica:
         new = change(core.conf)
         if new == core.conf:
             return new
-        try:
-            index, term = core.propose_conf(new)
-        except CoreNotLeader as e:
-            raise self._not_leader(e.leader) from None
-        except ProposalDropped as e:
-            raise errors.Unavailable(str(e)) from None
-        except ValueError as e:
-            raise errors.InvalidArgument(str(e)) from None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._proposals[index] = (term, fut)
-        self._wake.set()
-        try:
-            await _with_timeout(fut, timeout_s)
-        except TimeoutError:
-            self._proposals.pop(index, None)
-            raise errors.OutcomeUnknown(
-                f"membership change not committed within {timeout_s:.1f}s") from None
-        log.info("group %d: membership is now voters %s learners %s (index %d)",
-                 self.group_id, sorted(new.voters), sorted(new.learners), index)
+        await self._replicate(lambda: core.propose_conf(new), timeout_s, "membership change")
+        log.info("group %d: membership is now voters %s learners %s (applied %d)",
+                 self.group_id, sorted(new.voters), sorted(new.learners), self.applied_index)
         return new
 
     async def transfer_leadership(self, target: int, *, timeout_s: float) -> None:

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,23 +112,8 @@ class LocalCluster:
 
     def ctrl(self, op: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
         """Send one controller command (``{"op": "move", ...}``) through any member."""
-        for _ in range(int(timeout_s / 0.1)):
-            for addr in self.controller:
-                for _hop in range(3):  # follow a redirect to the leader (it may be a new node)
-                    try:
-                        code, doc = self._request_addr(addr, "POST", "/v1/ctrl/command", op)
-                    except (OSError, ValueError):
-                        break
-                    if code == 307 and isinstance(doc, dict) and doc.get("leader"):
-                        addr = doc["leader"]
-                        continue
-                    if code == 200:
-                        return dict(doc)
-                    if code == 400:
-                        raise ClusterError(f"controller refused {op}: {doc}")
-                    break
-            time.sleep(0.1)
-        raise ClusterError(f"controller did not accept {op}")
+        return self._follow(lambda: list(self.controller), "POST", "/v1/ctrl/command", op,
+                            timeout_s, final=(400,), attempt_s=2.0)
 
     def shard_view(self, group: int) -> dict[str, Any] | None:
         """The shards document of the leader of ``group``, if any answers."""
@@ -192,17 +178,26 @@ class LocalCluster:
 
     def _admin_call(self, method: str, path: str, body: Any, via: int | None,
                     timeout_s: float) -> dict[str, Any]:
+        def addrs() -> list[str]:
+            nodes = [via] if via is not None else [
+                i for i in self.ids if self.running(i) and i not in self.paused]
+            return [self.addrs[i] for i in nodes]
+        return self._follow(addrs, method, path, body,
+                            timeout_s, final=(400, 401, 404), attempt_s=timeout_s)
+
+    def _follow(self, addrs: Callable[[], list[str]], method: str, path: str, body: Any,
+                timeout_s: float, *, final: tuple[int, ...], attempt_s: float
+                ) -> dict[str, Any]:
+        """Try each address until one answers 200, following 307s to the leader (which
+        may be a node added later); a status in ``final`` fails at once."""
         deadline = time.monotonic() + timeout_s
         last: Any = None
         while time.monotonic() < deadline:
-            nodes = [via] if via is not None else [
-                i for i in self.ids if self.running(i) and i not in self.paused]
-            for i in nodes:
-                addr = self.addrs[i]
-                for _ in range(3):
+            for addr in addrs():
+                for _hop in range(3):
                     try:
                         code, doc = self._request_addr(addr, method, path, body,
-                                                       timeout_s=timeout_s)
+                                                       timeout_s=attempt_s)
                     except (OSError, ValueError) as e:
                         last = e
                         break
@@ -211,7 +206,7 @@ class LocalCluster:
                         continue
                     if code == 200:
                         return dict(doc)
-                    if code in (400, 401, 404):
+                    if code in final:
                         raise ClusterError(f"{method} {path} {body}: {code} {doc}")
                     last = (code, doc)
                     break

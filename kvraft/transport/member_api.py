@@ -14,14 +14,13 @@ rules refuse, 503 with ``unavailable`` for one that must wait, 307 to the leader
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from kvraft import errors
 from kvraft.transport.http_api import _json, error_response
-from kvraft.transport.shard_api import MAX_ID, SECRET_HEADER, req_int
+from kvraft.transport.shard_api import MAX_ID, SECRET_HEADER, json_body, req_int
 
 MAX_TIMEOUT_S = 3600.0
 OPS = ("add", "add-learner", "promote", "remove")
@@ -54,16 +53,7 @@ class MemberAPI:
                            "message": "membership calls need the cluster secret"})
 
     async def _doc(self, request: web.Request) -> dict[str, Any]:
-        raw = await request.content.read(65537)
-        if len(raw) > 65536:
-            raise errors.TooLarge("body larger than 65536 bytes")
-        try:
-            doc = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise errors.InvalidArgument("body is not valid JSON") from None
-        if not isinstance(doc, dict):
-            raise errors.InvalidArgument("body must be a JSON object")
-        return doc
+        return await json_body(request, 65536)
 
     def _timeout(self, doc: dict[str, Any]) -> float:
         t = doc.get("timeout_s", self.default_timeout_s)

@@ -81,6 +81,23 @@ def opt_str(doc: dict[str, Any], name: str) -> str | None:
     return v
 
 
+async def json_body(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The request's body as a JSON object (empty: ``{}``); 413 if larger than
+    ``max_bytes``, 400 if it is not a JSON object."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise errors.TooLarge(f"body larger than {max_bytes} bytes")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise errors.TooLarge(f"body larger than {max_bytes} bytes")
+    try:
+        doc = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise errors.InvalidArgument("body is not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise errors.InvalidArgument("body must be a JSON object")
+    return doc
+
+
 def req_int(doc: dict[str, Any], name: str, lo: int = 0, hi: int = MAX_ID) -> int:
     v = doc.get(name)
     if type(v) is not int or not lo <= v <= hi:
@@ -123,18 +140,7 @@ class ShardAPI:
         return handler
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
-            raise errors.TooLarge(f"body larger than {MAX_JSON_BYTES} bytes")
-        raw = await request.content.read(MAX_JSON_BYTES + 1)
-        if len(raw) > MAX_JSON_BYTES:
-            raise errors.TooLarge(f"body larger than {MAX_JSON_BYTES} bytes")
-        try:
-            doc = json.loads(raw or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise errors.InvalidArgument("body is not valid JSON") from None
-        if not isinstance(doc, dict):
-            raise errors.InvalidArgument("body must be a JSON object")
-        return doc
+        return await json_body(request, MAX_JSON_BYTES)
 
     @staticmethod
     def _qint(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
