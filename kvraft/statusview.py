@@ -19,9 +19,17 @@ async def _one(session: aiohttp.ClientSession, addr: str) -> Any:
 async def collect_status(addrs: list[str], timeout_s: float = 2.0) -> dict[str, Any]:
     """Fetch ``/v1/status`` from every address; unreachable nodes map to an error."""
     addrs = [a.strip().removeprefix("http://").rstrip("/") for a in addrs]
+    out: dict[str, Any] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
-        docs = await asyncio.gather(*(_one(s, a) for a in addrs))
-    return dict(zip(addrs, docs, strict=True))
+        for _ in range(3):  # members the groups list (nodes added since) are asked too
+            todo = [a for a in dict.fromkeys(addrs) if a not in out]
+            if not todo:
+                break
+            docs = await asyncio.gather(*(_one(s, a) for a in todo))
+            out.update(zip(todo, docs, strict=True))
+            addrs = [a for d in docs for g in (d.get("groups") or {}).values()
+                     for a in (g.get("addresses") or {}).values() if isinstance(a, str)]
+    return out
 
 
 def _membership(g: dict[str, Any]) -> str:

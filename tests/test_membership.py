@@ -219,6 +219,8 @@ def test_member_commands_and_bad_requests(tmp_path: Path) -> None:
         r = _cli(c, "transfer-leader", "--group", "1", "--to", str(new), *any_node)
         assert r.returncode == 0 and "now leads" in r.stdout, r.stdout + r.stderr
         assert c.wait_for_leader() == new
+        r = _cli(c, "status", "--addr", c.addrs[1])  # the members' addresses are asked too
+        assert r.returncode == 0 and f"group 1: leader is node {new}" in r.stdout, r.stdout
         r = _cli(c, "member", "promote", "--group", "1", "--id", str(new), *any_node)
         assert r.returncode != 0 and "is not a learner" in r.stderr, r.stderr
         # The controller group changes members too; the cluster keeps working.
