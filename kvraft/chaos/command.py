@@ -53,7 +53,7 @@ def chaos_command(seed: int | None, runs: int, duration_s: float, nodes: str, cl
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(message)s")
     if kinds is None:
-        kinds = ",".join(ALL_KINDS if groups > 1 else FAULT_KINDS)
+        kinds = ",".join(FAULT_KINDS + SHARD_KINDS if groups > 1 else FAULT_KINDS)
     chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
     allowed = ALL_KINDS if groups > 1 else FAULT_KINDS + MEMBER_KINDS
     bad = [k for k in chosen if k not in allowed]
