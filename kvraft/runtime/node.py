@@ -481,8 +481,9 @@ class Node(ShardServiceMixin, MembershipMixin):
                                     "(the cluster has no data group yet, or this node has "
                                     "not heard from the controller)", num=cfg.num)
         r = self.replicas.get(gid)
-        if r is not None and r.core is not None and (
-                self.cfg.node_id in r.core.conf.all_nodes() or r.core.role == Role.LEADER):
+        if r is not None and r.core is not None and (  # (no set union per request)
+                self.cfg.node_id in r.core.conf.voters or r.core.role == Role.LEADER
+                or self.cfg.node_id in r.core.conf.learners):
             return r  # (a leader whose own removal is not committed yet still serves)
         # Not hosted, or hosted by a replica that is not a member (removed, or joining
         # and not added yet): send the client to the members the controller lists.

@@ -97,6 +97,8 @@ class Replica:
         self.on_conf = on_conf
         """Called with (group, membership) whenever the membership in the log changes."""
         self._seen_conf: ConfState | None = None
+        self._ready_waiters: list[asyncio.Future[None]] = []
+        """Woken after the next Ready is handled (the core's state may have changed)."""
         self.restored_at: int | None = None
         """Restored from a backup at this index under an id that is no member yet."""
         self.open_store = open_store
@@ -191,7 +193,7 @@ class Replica:
         self._wake.set()
         deadline = asyncio.get_running_loop().time() + timeout_s
         while core.role == Role.LEADER and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+            await self._after_ready(deadline)
         return core.role != Role.LEADER
 
     async def stop(self) -> None:
@@ -360,7 +362,7 @@ class Replica:
             if loop.time() > deadline:
                 raise errors.Unavailable(f"node {target} did not take over within "
                                          f"{timeout_s:.1f}s (it may be lagging or down)")
-            await asyncio.sleep(0.02)
+            await self._after_ready(deadline)
 
     async def wait_caught_up(self, peer: int, *, timeout_s: float) -> int:
         """Wait until ``peer`` holds every entry committed when the wait began.
@@ -385,7 +387,21 @@ class Replica:
                 raise errors.Unavailable(
                     f"node {peer} has not caught up within {timeout_s:.1f}s (at {pr.match} "
                     f"of {target}); it stays a learner")
-            await asyncio.sleep(0.05)
+            await self._after_ready(deadline)
+
+    async def _after_ready(self, deadline: float) -> None:
+        """Wait until the next Ready has been handled (every change of the core's role,
+        leader or peers' progress comes out of one), or until ``deadline``."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._ready_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            pass
+        finally:
+            if fut in self._ready_waiters:
+                self._ready_waiters.remove(fut)
 
     def _ready_core(self) -> RaftCore:
         if self.core is None or self.failed.done():
@@ -470,6 +486,11 @@ class Replica:
             if fut is not None and not fut.done():
                 fut.set_exception(self._not_leader(core.leader))
         self._release_reads(self.applied_index)
+        if self._ready_waiters:
+            waiters, self._ready_waiters = self._ready_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
 
     async def _apply_loop(self) -> None:
         loop = asyncio.get_running_loop()
