@@ -9,6 +9,11 @@ retries, so a retried write takes effect exactly once — also across leader cha
 node restarts and the move of its range to another group. Sessions are per group
 (``<id>.<gid>``); a write keeps the session it started with wherever it is retried.
 
+Key-value operations travel on one websocket per node (``/v1/stream``, msgpack, many
+requests in flight; see :mod:`kvraft.transport.client_stream`); ``stream=False`` sends
+them as JSON HTTP requests instead, and a node that has no stream is spoken to in HTTP.
+Scans, the shard map and status are HTTP.
+
 ``scan`` walks the ranges in key order; each range's part is linearizable, but a scan
 across ranges is not one atomic snapshot.
 
@@ -31,11 +36,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
+import msgpack
 import yarl
 
 from kvraft import errors
 from kvraft.ctrler.config import Configuration
 from kvraft.recorder import HistoryRecorder
+from kvraft.transport.client_stream import STREAM_PATH
 
 T = TypeVar("T")
 
@@ -110,6 +117,102 @@ class _Attempt:
         self.leader = leader
 
 
+class _NotSent(ConnectionError):
+    """The request never left the client (no connection could be made)."""
+
+
+class _Stream:
+    """One websocket to one node carrying many requests (see ``client_stream``).
+
+    Requests made in the same turn of the event loop go out as one message; answers are
+    matched to waiters by id. When the stream breaks, every waiter gets
+    ``ConnectionResetError`` (for a write: outcome unknown, retried in its session).
+    """
+
+    MAX_MESSAGE_BYTES = 1 << 20  # well under the node's stream_max_message_bytes
+    MAX_BATCH = 256
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.closed = False
+        self.pending: dict[int, asyncio.Future[_Attempt]] = {}
+        self.out: list[tuple[list[Any], int]] = []
+        self.ids = itertools.count(1)
+        self.wake = asyncio.Event()
+        self.reader = asyncio.ensure_future(self._read())
+        self.writer = asyncio.ensure_future(self._write())
+
+    async def call(self, fields: list[Any], size: int, timeout_s: float) -> _Attempt:
+        if self.closed:
+            raise ConnectionResetError("client stream closed")
+        rid = next(self.ids)
+        fut: asyncio.Future[_Attempt] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = fut
+        self.out.append(([rid, *fields], size))
+        self.wake.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        finally:
+            self.pending.pop(rid, None)
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.out:
+                    n, size = 0, 0
+                    while (n < len(self.out) and n < self.MAX_BATCH
+                           and (n == 0 or size + self.out[n][1] < self.MAX_MESSAGE_BYTES)):
+                        size += self.out[n][1]
+                        n += 1
+                    batch = [req for req, _ in self.out[:n]]
+                    del self.out[:n]
+                    await self.ws.send_bytes(msgpack.packb(batch, use_bin_type=True))
+        except (ConnectionError, RuntimeError, aiohttp.ClientError) as e:
+            self._fail(f"send failed: {e}")
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    break
+                for ans in msgpack.unpackb(msg.data, raw=False):
+                    rid, status, body = ans
+                    fut = self.pending.get(rid)
+                    if fut is not None and not fut.done():
+                        if not isinstance(body, dict):
+                            body = {"error": "bad_response"}
+                        fut.set_result(_Attempt(int(status), body, body.get("leader")))
+        except (ValueError, TypeError, msgpack.UnpackException, aiohttp.ClientError,
+                ConnectionError):
+            pass
+        finally:
+            self._fail(f"closed ({self.ws.close_code})")
+
+    def _fail(self, why: str) -> None:
+        self.closed = True
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionResetError(f"client stream {why}"))
+        self.out.clear()
+        me = asyncio.current_task()
+        for t in (self.reader, self.writer):
+            if t is not me:
+                t.cancel()
+        if not self.ws.closed:
+            self._closing = asyncio.ensure_future(self.ws.close())
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.ws.close()
+        for t in (self.reader, self.writer):
+            t.cancel()
+        await asyncio.gather(self.reader, self.writer, return_exceptions=True)
+
+
 class AsyncClient:
     """An asyncio client for a kvraft cluster. Use one per event loop.
 
@@ -120,7 +223,7 @@ class AsyncClient:
 
     def __init__(self, addresses: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  attempt_timeout_s: float = 1.0, recorder: HistoryRecorder | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, stream: bool = True) -> None:
         if isinstance(addresses, str):
             addresses = addresses.split(",")
         self.addresses = [_norm_addr(a) for a in addresses]
@@ -139,6 +242,10 @@ class AsyncClient:
         self._map: Configuration | None = None
         self._map_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
+        self.stream = stream
+        self._streams: dict[str, _Stream] = {}
+        self._opening: dict[str, asyncio.Future[_Stream | None]] = {}
+        self._no_stream: set[str] = set()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -147,6 +254,9 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
+        streams, self._streams = list(self._streams.values()), {}
+        for st in streams:
+            await st.close()
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -165,7 +275,7 @@ class AsyncClient:
         key = _check_key(key)
         rec = self._invoke("get", key, None)
         try:
-            a = await self._call("GET", _kv_path("/v1/kv/", key), key, None, write=None)
+            a = await self._call("get", "GET", _kv_path("/v1/kv/", key), key, None, write=None)
         except errors.KvraftError as e:
             self._complete(rec, "fail" if not isinstance(e, errors.OutcomeUnknown) else "unknown")
             raise
@@ -205,7 +315,7 @@ class AsyncClient:
             if end is not None:
                 q["end"] = end
             path = "/v1/scan?" + urllib.parse.urlencode(q)
-            a = await self._call("GET", path, cur, None, write=None, scan=True)
+            a = await self._call(None, "GET", path, cur, None, write=None, scan=True)
             items = [(str(k), str(v)) for k, v in a.body.get("items", [])]
             out.extend(items)
             range_end = a.body.get("range_end")
@@ -301,7 +411,7 @@ class AsyncClient:
             sess = self._session_for(gid)
             seq = sess.begin()
             try:
-                a = await self._call(method, _kv_path(path, key), key, value,
+                a = await self._call(op, method, _kv_path(path, key), key, value,
                                      write=(sess, seq))
             except _SessionLost as e:
                 if fresh:
@@ -320,7 +430,7 @@ class AsyncClient:
             return a
         raise AssertionError("unreachable")
 
-    async def _call(self, method: str, path: str, key: str, value: str | None,
+    async def _call(self, op: str | None, method: str, path: str, key: str, value: str | None,
                     write: tuple[_Session, int] | None, scan: bool = False) -> _Attempt:
         deadline = time.monotonic() + self.timeout_s
         maybe_applied = False
@@ -351,18 +461,15 @@ class AsyncClient:
                 del self._leaders[gid]  # that node left the group (a membership change)
                 addr = None
             addr = addr or members[next(self._rr) % len(members)]
-            headers: dict[str, str] = {
-                "X-Kvraft-Timeout-Ms": str(max(1, int(min(remaining, self.attempt_timeout_s)
-                                                       * 1000))),
-                "X-Kvraft-Config": str(num)}
+            timeout_ms = max(1, int(min(remaining, self.attempt_timeout_s) * 1000))
+            session = None
             if write is not None:
                 sess, seq = write
-                headers.update({"X-Kvraft-Client": sess.client_id, "X-Kvraft-Seq": str(seq),
-                                "X-Kvraft-Ack": str(min(sess.ack_below(), seq))})
+                session = (sess.client_id, seq, min(sess.ack_below(), seq))
             try:
-                a = await self._attempt(addr, method, path, value, headers,
-                                        min(remaining, self.attempt_timeout_s) + 0.5)
-            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as e:
+                a = await self._attempt(addr, op, method, path, key, value, num, timeout_ms,
+                                        session, min(remaining, self.attempt_timeout_s) + 0.5)
+            except (aiohttp.ClientConnectorError, ConnectionRefusedError, _NotSent) as e:
                 last_error = f"{addr}: {e}"
                 self._leaders.pop(gid, None)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
@@ -428,8 +535,19 @@ class AsyncClient:
                                         f"(last: {last_error})")
         raise errors.Unavailable(f"no answer within {self.timeout_s:.1f}s (last: {last_error})")
 
-    async def _attempt(self, addr: str, method: str, path: str, value: str | None,
-                       headers: dict[str, str], timeout_s: float) -> _Attempt:
+    async def _attempt(self, addr: str, op: str | None, method: str, path: str, key: str,
+                       value: str | None, num: int, timeout_ms: int,
+                       session: tuple[str, int, int] | None, timeout_s: float) -> _Attempt:
+        if op is not None and self.stream and addr not in self._no_stream:
+            st = await self._stream_to(addr)
+            if st is not None:
+                cid, seq, ack = session or ("", 0, 0)
+                return await st.call([op, key, value, cid, seq, ack, num, timeout_ms],
+                                     len(key) + len(value or ""), timeout_s)
+        headers = {"X-Kvraft-Timeout-Ms": str(timeout_ms), "X-Kvraft-Config": str(num)}
+        if session is not None:
+            headers.update({"X-Kvraft-Client": session[0], "X-Kvraft-Seq": str(session[1]),
+                            "X-Kvraft-Ack": str(session[2])})
         url = yarl.URL(f"http://{addr}{path}", encoded=True)
         data = value.encode("utf-8") if value is not None else None
         if data is not None:
@@ -446,6 +564,31 @@ class AsyncClient:
                 body = {"error": "bad_response"}
             return _Attempt(r.status, body, body.get("leader") or r.headers.get("X-Kvraft-Leader"))
 
+    async def _stream_to(self, addr: str) -> _Stream | None:
+        """The open stream to ``addr`` (one per node, opened once however many ask at
+        once); None if the node has no stream endpoint (then HTTP is used)."""
+        st = self._streams.get(addr)
+        if st is not None and not st.closed:
+            return st
+        fut = self._opening.get(addr)
+        if fut is None:
+            fut = self._opening[addr] = asyncio.ensure_future(self._open_stream(addr))
+            fut.add_done_callback(lambda _: self._opening.pop(addr, None))
+        return await asyncio.shield(fut)
+
+    async def _open_stream(self, addr: str) -> _Stream | None:
+        try:
+            async with asyncio.timeout(self.attempt_timeout_s):
+                ws = await self._session().ws_connect(
+                    f"http://{addr}{STREAM_PATH}", autoping=True, max_msg_size=0, compress=0)
+        except aiohttp.WSServerHandshakeError:
+            self._no_stream.add(addr)
+            return None
+        except TimeoutError:
+            raise _NotSent(f"{addr}: no stream within {self.attempt_timeout_s:.1f}s") from None
+        st = self._streams[addr] = _Stream(ws)
+        return st
+
     def _invoke(self, op: str, key: str, value: str | None) -> int | None:
         if self.recorder is None:
             return None
@@ -456,6 +599,14 @@ class AsyncClient:
             self.recorder.complete(rec, outcome, result)
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class Client:
     """A synchronous, thread-safe client; many threads may call it at once.
 
@@ -464,7 +615,7 @@ class Client:
     """
 
     def __init__(self, addresses: Sequence[str] | str, **kwargs: Any) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kvraft-client",
                                         daemon=True)
         self._thread.start()

@@ -85,6 +85,12 @@ class Limits:
     request_timeout_s: float = setting(5.0, "Default deadline of a client request.",
                                        minimum=0, min_open=True)
     max_client_id_chars: int = setting(128, "Longest client session id.", minimum=1)
+    stream_max_message_bytes: int = setting(
+        8 << 20, "Largest message on a client stream (/v1/stream), in bytes.", minimum=1024)
+    stream_max_batch: int = setting(1024, "Most requests in one client stream message.",
+                                    minimum=1)
+    stream_max_inflight: int = setting(
+        1024, "Most requests of one client stream served at once.", minimum=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +284,9 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
     _node("heartbeat_ticks", "replica.heartbeat_ticks"),
     _node("max_key_bytes", "limits.max_key_bytes"),
     _node("max_value_bytes", "limits.max_value_bytes"),
+    _node("stream_max_message_bytes", "limits.stream_max_message_bytes"),
+    _node("stream_max_batch", "limits.stream_max_batch"),
+    _node("stream_max_inflight", "limits.stream_max_inflight"),
     _node("snapshot_entries", "replica.snapshot.entries"),
     _node("snapshot_catchup_entries", "replica.snapshot.catchup_entries"),
     _node("s3_bucket", "backup.bucket", "KVRAFT_S3_BUCKET"),

@@ -16,7 +16,7 @@ async def _one(session: aiohttp.ClientSession, addr: str) -> Any:
         return {"error": f"{type(e).__name__}: {e}".strip()}
 
 
-async def collect_status(addrs: list[str], timeout_s: float = 2.0) -> dict[str, Any]:
+async def collect_status(addrs: list[str], timeout_s: float = 5.0) -> dict[str, Any]:
     """Fetch ``/v1/status`` from every address; unreachable nodes map to an error."""
     addrs = [a.strip().removeprefix("http://").rstrip("/") for a in addrs]
     out: dict[str, Any] = {}

@@ -67,6 +67,7 @@ def test_up_ops_status_bench_and_restart(tmp_path: Path) -> None:
         assert st.returncode == 0 and "leader is node" in st.stdout, st.stdout
         docs = json.loads(_kvraft("status", "--json", "--addr", addrs).stdout)
         leaders: dict[str, int] = {}
+        assert all("groups" in d for d in docs.values()), docs
         for d in docs.values():
             for gid, g in d["groups"].items():
                 leaders[gid] = leaders.get(gid, 0) + (g["role"] == "leader")

@@ -51,6 +51,7 @@ from kvraft.storage.ports import MachineStore
 from kvraft.storage.snapshots import LocalSnapshot
 from kvraft.storage.statedb import NotOwned, StateStore
 from kvraft.transport.admin import AdminAPI
+from kvraft.transport.client_stream import ClientStreamAPI
 from kvraft.transport.http_api import ClientAPI
 from kvraft.transport.member_api import MemberAPI
 from kvraft.transport.peer import PeerTransport
@@ -158,6 +159,8 @@ class Node(ShardServiceMixin, MembershipMixin):
         self._tasks: list[asyncio.Task[None]] = []
         self.loop_lag = LoopLagMonitor()
         self.metrics = Metrics(self.status)
+        self.client_stream = ClientStreamAPI(self, config.settings.limits,
+                                             observe=self.metrics.observe)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -195,6 +198,7 @@ class Node(ShardServiceMixin, MembershipMixin):
         limits = cfg.settings.limits
         app = web.Application(client_max_size=limits.max_value_bytes * 2 + 65536)
         ClientAPI(self, limits, observe=self.metrics.observe).add_routes(app)
+        self.client_stream.add_routes(app)
         ShardAPI(self, cfg.secret, request_timeout_s=limits.request_timeout_s
                  ).add_routes(app)
         MemberAPI(self, cfg.secret, default_timeout_s=300.0).add_routes(app)
@@ -391,6 +395,7 @@ class Node(ShardServiceMixin, MembershipMixin):
         await self.caller.close()
         if self.backups is not None:
             self.backups.close()
+        await self.client_stream.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.transport is not None:

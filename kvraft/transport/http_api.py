@@ -56,40 +56,134 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
                         headers=headers)
 
 
-def error_response(exc: BaseException, request: web.Request | None = None) -> web.Response:
-    """The one place where exceptions become HTTP status codes."""
+def error_doc(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The one place where exceptions become status codes and error bodies (HTTP and
+    the client stream alike)."""
     msg = str(exc) or type(exc).__name__
     if isinstance(exc, errors.NotLeader):
         if exc.leader:
-            url = f"http://{exc.leader}{request.path_qs if request is not None else ''}"
-            return _json(307, {"error": "not_leader", "leader": exc.leader, "message": msg},
-                         {"Location": url, LEADER_HEADER: exc.leader})
-        return _json(503, {"error": "no_leader", "message": msg})
+            return 307, {"error": "not_leader", "leader": exc.leader, "message": msg}
+        return 503, {"error": "no_leader", "message": msg}
     if isinstance(exc, errors.WrongGroup):
         body = {"error": "wrong_group", "num": exc.num, "group": exc.gid, "message": msg}
         if exc.redirect:
-            url = f"http://{exc.redirect}{request.path_qs if request is not None else ''}"
             body["redirect"] = exc.redirect
-            return _json(307, body, {"Location": url})
-        return _json(421, body)
-    if isinstance(exc, errors.NotReady):
-        return _json(409, {"error": "not_ready", "message": msg})
-    if isinstance(exc, errors.Gone):
-        return _json(410, {"error": "gone", "message": msg})
-    if isinstance(exc, errors.NotFound):
-        return _json(404, {"error": "not_found", "message": msg})
-    if isinstance(exc, errors.TooLarge):
-        return _json(413, {"error": "too_large", "message": msg})
-    if isinstance(exc, errors.InvalidArgument):
-        return _json(400, {"error": "bad_request", "message": msg})
-    if isinstance(exc, errors.SessionExpired):
-        return _json(409, {"error": "session_expired", "message": msg})
-    if isinstance(exc, errors.OutcomeUnknown):
-        return _json(503, {"error": "outcome_unknown", "message": msg})
-    if isinstance(exc, errors.Unavailable):
-        return _json(503, {"error": "unavailable", "message": msg})
+            return 307, body
+        return 421, body
+    for cls, status, code in _ERRORS:
+        if isinstance(exc, cls):
+            return status, {"error": code, "message": msg}
     log.exception("internal error", exc_info=exc)
-    return _json(500, {"error": "internal", "message": msg})
+    return 500, {"error": "internal", "message": msg}
+
+
+_ERRORS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (errors.NotReady, 409, "not_ready"), (errors.Gone, 410, "gone"),
+    (errors.NotFound, 404, "not_found"), (errors.TooLarge, 413, "too_large"),
+    (errors.InvalidArgument, 400, "bad_request"),
+    (errors.SessionExpired, 409, "session_expired"),
+    (errors.OutcomeUnknown, 503, "outcome_unknown"), (errors.Unavailable, 503, "unavailable"))
+
+
+def error_response(exc: BaseException, request: web.Request | None = None) -> web.Response:
+    """:func:`error_doc` as an HTTP response (a redirect carries ``Location``)."""
+    status, body = error_doc(exc)
+    target = body.get("leader") or body.get("redirect")
+    if status != 307 or not isinstance(target, str):
+        return _json(status, body)
+    headers = {"Location": f"http://{target}{request.path_qs if request is not None else ''}"}
+    if "leader" in body:
+        headers[LEADER_HEADER] = target
+    return _json(status, body, headers)
+
+
+def check_key(limits: Limits, key: object) -> str:
+    if not isinstance(key, str) or not key:
+        raise errors.InvalidArgument("empty key")
+    if len(key.encode("utf-8", "surrogatepass")) > limits.max_key_bytes:
+        raise errors.TooLarge(f"key longer than {limits.max_key_bytes} bytes")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidArgument("key is not valid UTF-8") from None
+    return key
+
+
+def check_value(limits: Limits, value: object) -> str:
+    if not isinstance(value, str):
+        raise errors.InvalidArgument("value must be a string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise errors.InvalidArgument("value is not valid UTF-8") from None
+    if size > limits.max_value_bytes:
+        raise errors.TooLarge(f"value larger than {limits.max_value_bytes} bytes")
+    return value
+
+
+def _int(raw: object, what: str) -> int:
+    if isinstance(raw, bool):
+        raise errors.InvalidArgument(f"{what} must be an integer")
+    if isinstance(raw, int):
+        return raw
+    try:
+        return int(str(raw))
+    except ValueError:
+        raise errors.InvalidArgument(f"{what} must be an integer") from None
+
+
+def check_num(raw: object) -> int:
+    """The configuration number a request was routed by (0: none given)."""
+    if raw is None:
+        return 0
+    num = _int(raw, CONFIG_HEADER)
+    if not 0 <= num < 2**63:
+        raise errors.InvalidArgument(f"{CONFIG_HEADER} must be >= 0")
+    return num
+
+
+def check_timeout(limits: Limits, raw: object) -> float:
+    """A request's deadline in seconds from its milliseconds (None: the default)."""
+    if raw is None:
+        return limits.request_timeout_s
+    ms = _int(raw, TIMEOUT_HEADER)
+    if not 1 <= ms <= 600_000:
+        raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be in 1..600000")
+    return ms / 1000
+
+
+def check_session(limits: Limits, cid: object, seq: object, ack: object) -> tuple[str, int, int]:
+    """(client id, seq, ack) of a write's session; ("", 0, 0) for none."""
+    if not cid:
+        return "", 0, 0
+    if not isinstance(cid, str):
+        raise errors.InvalidArgument(f"{CLIENT_HEADER} must be a string")
+    if len(cid) > limits.max_client_id_chars:
+        raise errors.InvalidArgument(f"{CLIENT_HEADER} longer than "
+                                     f"{limits.max_client_id_chars} characters")
+    what = f"{SEQ_HEADER}/{ACK_HEADER}"
+    s, a = _int(seq if seq is not None else "", what), _int(ack if ack is not None else 0, what)
+    if s < 1 or a < 0 or a > s or s >= 2**63:
+        raise errors.InvalidArgument(f"need 1 <= {SEQ_HEADER} and 0 <= {ACK_HEADER} <= seq")
+    return cid, s, a
+
+
+def command(limits: Limits, op: Op, key: object, value: object, cid: object, seq: object,
+            ack: object, num: object) -> Command:
+    """A validated write command (what both the HTTP routes and the stream build)."""
+    k = check_key(limits, key)
+    v = check_value(limits, value) if op != Op.DELETE else ""
+    c, s, a = check_session(limits, cid, seq, ack)
+    return Command(op, k, v, c, s, a, check_num(num))
+
+
+def write_result(result: Result) -> Result:
+    """Turn a state machine's refusal into the error the client sees."""
+    if result.status == Status.SESSION_EXPIRED:
+        raise errors.SessionExpired("client session expired on the server")
+    if result.status == Status.BAD_COMMAND:
+        raise errors.InvalidArgument("command rejected by the state machine")
+    return result
 
 
 Observe = Callable[[str, int, float], None]
@@ -131,40 +225,13 @@ class ClientAPI:
     # --- parsing -----------------------------------------------------------------
 
     def _key(self, request: web.Request) -> str:
-        key = request.match_info.get("key", "")
-        if not key:
-            raise errors.InvalidArgument("empty key")
-        if len(key.encode("utf-8", "surrogatepass")) > self.limits.max_key_bytes:
-            raise errors.TooLarge(f"key longer than {self.limits.max_key_bytes} bytes")
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise errors.InvalidArgument("key is not valid UTF-8") from None
-        return key
+        return check_key(self.limits, request.match_info.get("key", ""))
 
     def _num(self, request: web.Request) -> int:
-        raw = request.headers.get(CONFIG_HEADER)
-        if raw is None:
-            return 0
-        try:
-            num = int(raw)
-        except ValueError:
-            raise errors.InvalidArgument(f"{CONFIG_HEADER} must be an integer") from None
-        if not 0 <= num < 2**63:
-            raise errors.InvalidArgument(f"{CONFIG_HEADER} must be >= 0")
-        return num
+        return check_num(request.headers.get(CONFIG_HEADER))
 
     def _timeout(self, request: web.Request) -> float:
-        raw = request.headers.get(TIMEOUT_HEADER)
-        if raw is None:
-            return self.limits.request_timeout_s
-        try:
-            ms = int(raw)
-        except ValueError:
-            raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be an integer") from None
-        if not 1 <= ms <= 600_000:
-            raise errors.InvalidArgument(f"{TIMEOUT_HEADER} must be in 1..600000")
-        return ms / 1000
+        return check_timeout(self.limits, request.headers.get(TIMEOUT_HEADER))
 
     async def _value(self, request: web.Request) -> str:
         limit = self.limits.max_value_bytes
@@ -178,31 +245,11 @@ class ClientAPI:
                 raise errors.InvalidArgument("body is not valid JSON") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("value"), str):
                 raise errors.InvalidArgument('JSON body must be {"value": "<string>"}')
-            value: str = doc["value"]
-        else:
-            try:
-                value = body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise errors.InvalidArgument("value is not valid UTF-8") from None
-        if len(value.encode("utf-8")) > limit:
-            raise errors.TooLarge(f"value larger than {limit} bytes")
-        return value
-
-    def _session(self, request: web.Request) -> tuple[str, int, int]:
-        cid = request.headers.get(CLIENT_HEADER, "")
-        if not cid:
-            return "", 0, 0
-        if len(cid) > self.limits.max_client_id_chars:
-            raise errors.InvalidArgument(f"{CLIENT_HEADER} longer than "
-                                         f"{self.limits.max_client_id_chars} characters")
+            return check_value(self.limits, doc["value"])
         try:
-            seq = int(request.headers.get(SEQ_HEADER, ""))
-            ack = int(request.headers.get(ACK_HEADER, "0"))
-        except ValueError:
-            raise errors.InvalidArgument(f"{SEQ_HEADER}/{ACK_HEADER} must be integers") from None
-        if seq < 1 or ack < 0 or ack > seq or seq >= 2**63:
-            raise errors.InvalidArgument(f"need 1 <= {SEQ_HEADER} and 0 <= {ACK_HEADER} <= seq")
-        return cid, seq, ack
+            return check_value(self.limits, body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise errors.InvalidArgument("value is not valid UTF-8") from None
 
     # --- handlers ----------------------------------------------------------------
 
@@ -215,16 +262,12 @@ class ClientAPI:
         return _json(200, {"key": key, "value": value})
 
     async def _write(self, request: web.Request, op: Op) -> Result:
-        key = self._key(request)
+        h = request.headers
         value = await self._value(request) if op != Op.DELETE else ""
-        cid, seq, ack = self._session(request)
-        cmd = Command(op, key, value, cid, seq, ack, self._num(request))
-        result = await self.service.write(cmd, timeout_s=self._timeout(request))
-        if result.status == Status.SESSION_EXPIRED:
-            raise errors.SessionExpired("client session expired on the server")
-        if result.status == Status.BAD_COMMAND:
-            raise errors.InvalidArgument("command rejected by the state machine")
-        return result
+        cmd = command(self.limits, op, request.match_info.get("key", ""), value,
+                      h.get(CLIENT_HEADER, ""), h.get(SEQ_HEADER), h.get(ACK_HEADER),
+                      h.get(CONFIG_HEADER))
+        return write_result(await self.service.write(cmd, timeout_s=self._timeout(request)))
 
     async def handle_put(self, request: web.Request) -> web.StreamResponse:
         await self._write(request, Op.PUT)

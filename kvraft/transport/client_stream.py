@@ -1,0 +1,201 @@
+"""The client stream: many key-value requests in flight on one websocket, in msgpack.
+
+``GET /v1/stream`` upgrades to a websocket. Each binary message from the client is a
+msgpack array of requests; each request is an array
+``[id, op, key, value, client, seq, ack, config, timeout_ms]`` with ``op`` one of
+``get``, ``put``, ``append``, ``delete`` (``value`` is nil for get and delete; the session
+fields are those of the HTTP headers ``X-Kvraft-Client``/``-Seq``/``-Ack``, empty/0 for
+none; ``config`` and ``timeout_ms`` those of ``X-Kvraft-Config``/``-Timeout-Ms``, 0 for
+the default). Each binary message from the node is a msgpack array of answers
+``[id, status, body]``: ``status`` and ``body`` are exactly what the HTTP route would
+answer (the same JSON document, as a msgpack map), so every client retry rule reads both
+the same. Answers come in completion order, batched: whatever completed while the last
+message was being written goes out in the next one.
+
+The JSON HTTP API stays the interface for curl and for other languages; this stream is
+what ``kvraft.Client`` and ``AsyncClient`` use by default, because it costs the node and
+the client a fraction of an HTTP request each.
+
+Limits: a message larger than ``stream_max_message_bytes`` or with more than
+``stream_max_batch`` requests closes the stream (1009 / 1008); at most
+``stream_max_inflight`` requests of one stream are served at once (the node stops reading
+the stream until some complete, so a fast writer is slowed, not buffered without bound).
+A request that cannot be read gets a 400 answer when its id can be read, and closes the
+stream otherwise; nothing a client sends crashes the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import msgpack
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from kvraft import errors
+from kvraft.config import Limits
+from kvraft.kv.commands import Op
+from kvraft.transport.http_api import (
+    KVService,
+    Observe,
+    check_key,
+    check_num,
+    check_timeout,
+    command,
+    error_doc,
+    write_result,
+)
+
+log = logging.getLogger("kvraft.stream")
+
+STREAM_PATH = "/v1/stream"
+OPS = {"put": Op.PUT, "append": Op.APPEND, "delete": Op.DELETE}
+FIELDS = 9
+
+
+class ClientStreamAPI:
+    def __init__(self, service: KVService, limits: Limits, observe: Observe | None = None
+                 ) -> None:
+        self.service = service
+        self.limits = limits
+        self.observe = observe
+        self.active: set[_Stream] = set()
+        self.bad_messages = 0
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(STREAM_PATH, self.handle)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.limits.stream_max_message_bytes,
+                                   heartbeat=10.0, compress=False)
+        await ws.prepare(request)
+        conn = _Stream(self, ws)
+        self.active.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            self.active.discard(conn)
+            await conn.stop()
+        return ws
+
+    async def close(self) -> None:
+        """Close every stream (a node stopping): clients go on with another node."""
+        for conn in list(self.active):
+            await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"node stopping")
+
+    async def answer(self, req: Any) -> list[Any]:
+        """``[id, status, body]`` for one request (never raises)."""
+        t0 = time.perf_counter()
+        if not isinstance(req, list) or len(req) != FIELDS or not isinstance(req[0], int):
+            raise _Unreadable("a request must be [id, op, key, value, client, seq, ack, "
+                              "config, timeout_ms]")
+        rid, op, key, value, cid, seq, ack, num, timeout_ms = req
+        try:
+            timeout_s = check_timeout(self.limits, timeout_ms or None)
+            if op == "get":
+                got = await self.service.get(check_key(self.limits, key), timeout_s=timeout_s,
+                                             num=check_num(num or None))
+                status, body = ((200, {"key": key, "value": got}) if got is not None else
+                                (404, {"error": "not_found", "key": key,
+                                       "message": "key not found"}))
+            elif op in OPS:
+                cmd = command(self.limits, OPS[op], key, value, cid, seq or None, ack, num or None)
+                res = write_result(await self.service.write(cmd, timeout_s=timeout_s))
+                status, body = 200, ({"ok": True, "deleted": res.existed} if op == "delete"
+                                     else {"ok": True})
+            else:
+                raise errors.InvalidArgument("op must be one of get, put, append, delete")
+        except Exception as e:
+            status, body = error_doc(e)
+        if self.observe is not None:
+            self.observe(op if isinstance(op, str) and (op == "get" or op in OPS) else "stream",
+                         status, time.perf_counter() - t0)
+        return [rid, status, body]
+
+
+class _Unreadable(Exception):
+    pass
+
+
+class _Stream:
+    """One client's websocket: reads requests, serves them concurrently, batches answers."""
+
+    def __init__(self, api: ClientStreamAPI, ws: web.WebSocketResponse) -> None:
+        self.api = api
+        self.ws = ws
+        self.out: list[Any] = []
+        self.wake = asyncio.Event()
+        self.room = asyncio.Semaphore(api.limits.stream_max_inflight)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writer = asyncio.ensure_future(self._write_loop())
+
+    async def serve(self) -> None:
+        limits = self.api.limits
+        async for msg in self.ws:
+            if msg.type != WSMsgType.BINARY:
+                if msg.type == WSMsgType.ERROR:  # e.g. too large: aiohttp closed it (1009)
+                    self.api.bad_messages += 1
+                    break
+                await self._refuse(WSCloseCode.UNSUPPORTED_DATA, "binary msgpack messages only")
+                break
+            try:
+                reqs = msgpack.unpackb(msg.data, raw=False, use_list=True,
+                                       strict_map_key=True)
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+                    TypeError):
+                await self._refuse(WSCloseCode.UNSUPPORTED_DATA, "not a msgpack message")
+                break
+            if not isinstance(reqs, list) or not reqs:
+                await self._refuse(WSCloseCode.POLICY_VIOLATION, "a message is an array of "
+                                   "requests")
+                break
+            if len(reqs) > limits.stream_max_batch:
+                await self._refuse(WSCloseCode.MESSAGE_TOO_BIG, "more than "
+                                   f"{limits.stream_max_batch} requests in one message")
+                break
+            for req in reqs:
+                await self.room.acquire()
+                t = asyncio.ensure_future(self._one(req))
+                self.tasks.add(t)
+                t.add_done_callback(self.tasks.discard)
+            if self.ws.closed:
+                break
+
+    async def _one(self, req: Any) -> None:
+        try:
+            ans = await self.api.answer(req)  # (not out.append(await ...): out is swapped)
+            self.out.append(ans)
+        except _Unreadable as e:
+            rid = req[0] if isinstance(req, list) and req and isinstance(req[0], int) else None
+            if rid is None:
+                await self._refuse(WSCloseCode.POLICY_VIOLATION, str(e))
+                return
+            self.out.append([rid, 400, {"error": "bad_request", "message": str(e)}])
+        finally:
+            self.room.release()
+        self.wake.set()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                if not self.out:
+                    continue
+                batch, self.out = self.out, []
+                await self.ws.send_bytes(msgpack.packb(batch, use_bin_type=True))
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away: its answers are lost with it
+
+    async def _refuse(self, code: int, why: str) -> None:
+        self.api.bad_messages += 1
+        log.info("closing a client stream: %s", why)
+        await self.ws.close(code=code, message=why.encode()[:120])
+
+    async def stop(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        self.writer.cancel()
+        await asyncio.gather(self.writer, *self.tasks, return_exceptions=True)
