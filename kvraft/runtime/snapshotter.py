@@ -123,7 +123,6 @@ class Snapshotter:
         self._lock = asyncio.Lock()
         self._io = ThreadPoolExecutor(1, thread_name_prefix=f"snap-g{replica.group_id}")
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._checkpointing = False
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -230,26 +229,6 @@ class Snapshotter:
         if snaps and snaps[-1].index >= self.r.applied_index:
             return snaps[-1]
         return await self.take()
-
-    # --- WAL checkpoints ---------------------------------------------------------------
-
-    def checkpoint(self, raftlog: Any, state: MachineStore) -> None:
-        """Checkpoint both databases' WALs on the snapshot thread (passive: never blocks
-        writers), since automatic checkpoints are off on the writers' hot paths."""
-        if self._checkpointing:
-            return
-        self._checkpointing = True
-
-        def run() -> None:
-            try:
-                raftlog.checkpoint()
-                state.checkpoint()
-            except Exception as e:  # a closed store during shutdown or install: skip
-                log.debug("checkpoint skipped: %s", e)
-            finally:
-                self._checkpointing = False
-
-        self._io.submit(run)
 
     # --- sending (leader) ---------------------------------------------------------------
 

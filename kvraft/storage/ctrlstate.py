@@ -21,7 +21,7 @@ from kvraft.ctrler.config import Configuration
 from kvraft.ctrler.machine import ControllerMachine, CtrlResult
 from kvraft.raft.types import Entry, EntryKind
 from kvraft.storage.metadb import MetaTable
-from kvraft.storage.sqlite_util import checkpoint, open_wal, transaction
+from kvraft.storage.sqlite_util import open_wal, transaction
 from kvraft.storage.statedb import CorruptState
 
 FORMAT_VERSION = "ctrl-1"
@@ -93,7 +93,9 @@ class ControllerStore(MetaTable):
         return cfg if cfg.num == num else None
 
     def checkpoint(self) -> None:
-        checkpoint(self.path)
+        """Checkpoint the WAL on the writer's connection, between two applies (see
+        ``RaftLogStore.checkpoint``)."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         self.conn.close()

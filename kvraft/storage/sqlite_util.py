@@ -14,7 +14,8 @@ def open_wal(path: Path, synchronous: str) -> sqlite3.Connection:
     """A writer connection in WAL mode, autocommit, usable from any one thread at a time.
 
     Automatic checkpoints are off (they would fsync the database file inside a commit
-    on the write path); callers run :func:`checkpoint` from another thread instead.
+    on the write path); each store checkpoints on its writer's thread, between two
+    writes (see ``RaftLogStore.checkpoint``).
     """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -34,16 +35,3 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def checkpoint(path: Path) -> None:
-    """Copy WAL frames into the database (PASSIVE: concurrent writers go on).
-
-    Runs on its own short-lived connection, from any thread; once a checkpoint has
-    caught up, the next write starts the WAL from its beginning again.
-    """
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        conn.close()

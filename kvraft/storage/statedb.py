@@ -35,7 +35,7 @@ from kvraft.kv.shardcmd import SessionRecord
 from kvraft.kv.shards import Interval, ShardState
 from kvraft.raft.types import Entry, EntryKind
 from kvraft.storage.metadb import MetaTable
-from kvraft.storage.sqlite_util import checkpoint, open_wal, transaction
+from kvraft.storage.sqlite_util import open_wal, transaction
 
 FORMAT_VERSION = 1
 
@@ -390,8 +390,9 @@ class StateStore(MetaTable):
         return SessionChunk(recs, cursor, last)
 
     def checkpoint(self) -> None:
-        """Checkpoint the WAL (see :func:`kvraft.storage.sqlite_util.checkpoint`)."""
-        checkpoint(self.path)
+        """Checkpoint the WAL on the writer's connection, between two applies (see
+        ``RaftLogStore.checkpoint``)."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         if self._reader is not None:
