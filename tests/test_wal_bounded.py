@@ -6,19 +6,26 @@ rarely catches up, and the WAL then grows with every write)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from kvraft import AsyncClient
 from kvraft.bootstrap import bootstrap, wait_groups_at
 from kvraft.config import NodeSettings, ReplicaSettings, SnapshotSettings
+from kvraft.raft.types import Entry
 from kvraft.runtime.node import Node, NodeConfig
+from kvraft.storage.statedb import StateStore
 from kvraft.testing import free_port
 
 
 async def test_wal_files_stay_bounded_under_steady_writes(tmp_path: Path) -> None:
     addr = f"127.0.0.1:{free_port()}"
     settings = NodeSettings(replica=ReplicaSettings(
-        checkpoint_entries=100, snapshot=SnapshotSettings(entries=1_000_000)))
+        checkpoint_entries=25, snapshot=SnapshotSettings(entries=1_000_000)))
     node = Node(NodeConfig(node_id=1, listen=addr, peers={1: addr}, data_dir=tmp_path / "n1",
                            secret="s", groups=(0, 1), settings=settings))
     await node.start()
@@ -29,17 +36,85 @@ async def test_wal_files_stay_bounded_under_steady_writes(tmp_path: Path) -> Non
         sizes: list[tuple[int, int]] = []
         async with AsyncClient([addr], timeout_s=30.0) as c:
             async def writer(w: int) -> None:
-                for i in range(100):
+                for i in range(25):
                     await c.put(f"w{w}-{i}", "v" * 200)
 
-            for _ in range(6):  # 6 x 800 writes, 8 in flight: never a quiet moment
-                await asyncio.gather(*(writer(w) for w in range(8)))
+            for _ in range(6):  # 6 x 800 writes, 32 in flight: never a quiet moment
+                await asyncio.gather(*(writer(w) for w in range(32)))
                 sizes.append(((group / "raft.db-wal").stat().st_size,
                               (group / "state.db-wal").stat().st_size))
         print("WAL sizes (raft.db, state.db) after each 800 writes:", sizes)
         # bounded: the last is no larger than the largest seen after the first rounds
         assert sizes[-1][0] <= max(s[0] for s in sizes[:3]), sizes
         assert sizes[-1][1] <= max(s[1] for s in sizes[:3]), sizes
+        # checkpoints ran between applies, never beside one on the same connection
+        assert not node.replicas[1].failed.done()
         assert node.replicas[1].applied_index >= 4800
     finally:
+        await node.stop()
+
+
+async def test_no_apply_runs_beside_a_state_checkpoint(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state.db checkpoint uses the writer's connection, so while it runs every
+    apply waits behind it (an inline apply beside it once failed a commit with
+    'SQL statements in progress'). The checkpoint is held open here until the test has
+    seen later writes commit but not apply."""
+    in_checkpoint = threading.Event()
+    release = threading.Event()
+    beside: list[int] = []
+    loop = asyncio.get_running_loop()
+    entered: asyncio.Future[None] = loop.create_future()
+    checkpoint, apply_batch = StateStore.checkpoint, StateStore.apply_batch
+
+    def signal_entered() -> None:
+        if not entered.done():
+            entered.set_result(None)
+
+    def held_checkpoint(self: StateStore) -> None:
+        in_checkpoint.set()
+        loop.call_soon_threadsafe(signal_entered)
+        release.wait(60)
+        checkpoint(self)
+        in_checkpoint.clear()
+
+    def watched_apply(self: StateStore, entries: Sequence[Entry]) -> list[Any]:
+        if in_checkpoint.is_set():
+            beside.extend(e.index for e in entries)
+        return apply_batch(self, entries)
+
+    monkeypatch.setattr(StateStore, "checkpoint", held_checkpoint)
+    monkeypatch.setattr(StateStore, "apply_batch", watched_apply)
+    addr = f"127.0.0.1:{free_port()}"
+    settings = NodeSettings(replica=ReplicaSettings(checkpoint_entries=5))
+    node = Node(NodeConfig(node_id=1, listen=addr, peers={1: addr}, data_dir=tmp_path / "n1",
+                           secret="s", groups=(0, 1), settings=settings))
+    await node.start()
+    try:
+        num = await asyncio.to_thread(bootstrap, [addr], "s", {1: {1: addr}})
+        await asyncio.to_thread(wait_groups_at, [addr], [1], num)
+        r = node.replicas[1]
+        async with AsyncClient([addr], timeout_s=60.0) as c:
+            i = 0
+            later: list[asyncio.Future[None]] = []
+            while not entered.done():  # write until a checkpoint is running
+                put = asyncio.ensure_future(c.put(f"a{i}", "v"))
+                await asyncio.wait([put, entered], return_when=asyncio.FIRST_COMPLETED)
+                if not put.done():
+                    later.append(put)  # it waits behind the checkpoint
+                i += 1
+            assert r.core is not None
+            target = r.core.log.last_index() + 3
+            after = [asyncio.ensure_future(c.put(f"b{j}", "v")) for j in range(3)]
+            deadline = asyncio.get_running_loop().time() + 30
+            while r.core.log.committed < target:  # committed while the checkpoint is held
+                assert asyncio.get_running_loop().time() < deadline, r.status()
+                await asyncio.sleep(0.01)
+            assert r.applied_index < target and not any(t.done() for t in after)
+            release.set()
+            await asyncio.gather(*later, *after)
+        assert beside == [] and not r.failed.done()
+        assert r.applied_index >= target
+    finally:
+        release.set()
         await node.stop()

@@ -508,7 +508,11 @@ class Replica:
                 await self._apply_wake.wait()
             item = q.popleft()
             if isinstance(item, _Checkpoint):
-                await loop.run_in_executor(self._sm_io, self._checkpoint, self.state)
+                self._applying = True  # no inline apply on this connection meanwhile
+                try:
+                    await loop.run_in_executor(self._sm_io, self._checkpoint, self.state)
+                finally:
+                    self._applying = False
                 continue
             if isinstance(item, InstallItem):
                 try:
