@@ -18,8 +18,9 @@ the client a fraction of an HTTP request each.
 
 Limits: a message larger than ``stream_max_message_bytes`` or with more than
 ``stream_max_batch`` requests closes the stream (1009 / 1008); at most
-``stream_max_inflight`` requests of one stream are served at once (the node stops reading
-the stream until some complete, so a fast writer is slowed, not buffered without bound).
+``stream_max_inflight`` requests of one stream are in the node at once, from reading to
+the answer's write (the node stops reading the stream until some are written, so a
+client that writes fast or does not read is slowed, never buffered without bound).
 A request that cannot be read gets a 400 answer when its id can be read, and closes the
 stream otherwise; nothing a client sends crashes the node.
 """
@@ -166,15 +167,17 @@ class _Stream:
     async def _one(self, req: Any) -> None:
         try:
             ans = await self.api.answer(req)  # (not out.append(await ...): out is swapped)
-            self.out.append(ans)
         except _Unreadable as e:
             rid = req[0] if isinstance(req, list) and req and isinstance(req[0], int) else None
             if rid is None:
+                self.room.release()
                 await self._refuse(WSCloseCode.POLICY_VIOLATION, str(e))
                 return
-            self.out.append([rid, 400, {"error": "bad_request", "message": str(e)}])
-        finally:
+            ans = [rid, 400, {"error": "bad_request", "message": str(e)}]
+        except BaseException:
             self.room.release()
+            raise
+        self.out.append(ans)  # its room is released once it is written
         self.wake.set()
 
     async def _write_loop(self) -> None:
@@ -186,6 +189,8 @@ class _Stream:
                     continue
                 batch, self.out = self.out, []
                 await self.ws.send_bytes(msgpack.packb(batch, use_bin_type=True))
+                for _ in batch:  # a client that does not read stops being read
+                    self.room.release()
         except (ConnectionError, RuntimeError):
             pass  # the client went away: its answers are lost with it
 
