@@ -24,6 +24,7 @@ from typing import Any
 from kvraft.client import AsyncClient, Client
 
 VALUE = "v" * 100
+STREAM = True
 
 
 def key(t: int, i: int) -> str:
@@ -38,6 +39,7 @@ def summary(mode: str, op: str, level: int, lat: list[float], errors: int,
         return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3, 3) if lat else None
 
     return {"client": f"kvraft.{'Client' if mode == 'sync' else 'AsyncClient'}", "op": op,
+            "stream": STREAM,
             ("threads" if mode == "sync" else "concurrency"): level, "n_ok": len(lat),
             "errors": errors, "ops_s": round(len(lat) / wall, 1) if wall else 0.0,
             "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
@@ -113,18 +115,22 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="operations per worker")
     ap.add_argument("--max-seconds", type=float, default=60.0)
     ap.add_argument("--uvloop", action="store_true", help="async mode on uvloop")
+    ap.add_argument("--http", action="store_true",
+                    help="JSON HTTP requests instead of the client stream (stream=False)")
     a = ap.parse_args()
+    global STREAM
+    STREAM = not a.http
     if not all(x.split(":")[0].startswith("127.") for x in a.addr.split(",")):
         sys.exit("refusing non-loopback target: " + a.addr)
     if a.mode == "sync":
-        with Client(a.addr) as c:
+        with Client(a.addr, stream=not a.http) as c:
             c.shard_map()
             for t in a.levels:
                 print(json.dumps(run_sync(c, a.op, t, a.n, a.max_seconds)), flush=True)
         return
 
     async def go() -> None:
-        async with AsyncClient(a.addr) as c:
+        async with AsyncClient(a.addr, stream=not a.http) as c:
             await c.shard_map()
             for t in a.levels:
                 print(json.dumps(await run_async(c, a.op, t, a.n, a.max_seconds)), flush=True)
