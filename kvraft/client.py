@@ -63,13 +63,22 @@ def _norm_addr(a: str) -> str:
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise errors.InvalidArgument("key must be a non-empty string")
-    return key
+    return _utf8(key, "key")
 
 
 def _check_value(value: object) -> str:
     if not isinstance(value, str):
         raise errors.InvalidArgument("value must be a string")
-    return value
+    return _utf8(value, "value")
+
+
+def _utf8(s: str, what: str) -> str:
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.InvalidArgument(f"{what} is not valid UTF-8 (a lone surrogate)") from None
+    return s
 
 
 @dataclass(slots=True)
@@ -135,6 +144,7 @@ class _Stream:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.closed = False
+        self.refused = False
         self.pending: dict[int, asyncio.Future[_Attempt]] = {}
         self.out: list[tuple[list[Any], int]] = []
         self.ids = itertools.count(1)
@@ -170,8 +180,8 @@ class _Stream:
                     batch = [req for req, _ in self.out[:n]]
                     del self.out[:n]
                     await self.ws.send_bytes(msgpack.packb(batch, use_bin_type=True))
-        except (ConnectionError, RuntimeError, aiohttp.ClientError) as e:
-            self._fail(f"send failed: {e}")
+        except Exception as e:  # whatever stops the writer fails the stream, never hangs it
+            self._fail(f"send failed: {type(e).__name__}: {e}")
 
     async def _read(self) -> None:
         try:
@@ -189,6 +199,8 @@ class _Stream:
                 ConnectionError):
             pass
         finally:
+            if self.ws.close_code in (1008, 1009):  # the node refused what we sent
+                self.refused = True
             self._fail(f"closed ({self.ws.close_code})")
 
     def _fail(self, why: str) -> None:
@@ -570,6 +582,9 @@ class AsyncClient:
         st = self._streams.get(addr)
         if st is not None and not st.closed:
             return st
+        if st is not None and st.refused:  # its limits are below ours: speak HTTP to it
+            self._no_stream.add(addr)
+            return None
         fut = self._opening.get(addr)
         if fut is None:
             fut = self._opening[addr] = asyncio.ensure_future(self._open_stream(addr))
@@ -581,8 +596,10 @@ class AsyncClient:
             async with asyncio.timeout(self.attempt_timeout_s):
                 ws = await self._session().ws_connect(
                     f"http://{addr}{STREAM_PATH}", autoping=True, max_msg_size=0, compress=0)
-        except aiohttp.WSServerHandshakeError:
-            self._no_stream.add(addr)
+        except aiohttp.WSServerHandshakeError as e:
+            if e.status not in (404, 405):
+                raise _NotSent(f"{addr}: stream refused with {e.status}") from None
+            self._no_stream.add(addr)  # a node without the stream
             return None
         except TimeoutError:
             raise _NotSent(f"{addr}: no stream within {self.attempt_timeout_s:.1f}s") from None

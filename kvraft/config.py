@@ -86,7 +86,8 @@ class Limits:
                                        minimum=0, min_open=True)
     max_client_id_chars: int = setting(128, "Longest client session id.", minimum=1)
     stream_max_message_bytes: int = setting(
-        8 << 20, "Largest message on a client stream (/v1/stream), in bytes.", minimum=1024)
+        4 << 20, "Largest message on a client stream (/v1/stream), in bytes; keep it "
+        "above max_value_bytes plus max_key_bytes.", minimum=1024)
     stream_max_batch: int = setting(1024, "Most requests in one client stream message.",
                                     minimum=1)
     stream_max_inflight: int = setting(

@@ -102,12 +102,15 @@ async def test_bad_stream_input_is_refused_and_the_node_keeps_serving(tmp_path: 
                 assert {rid: s for rid, (s, _) in got.items()} == {
                     1: 400, 2: 400, 3: 413, 4: 413, 5: 400, 6: 400, 7: 400, 8: 400}, got
                 got = await _exchange(ws, [[9, "get", "k", None, "", 0, 0, 0, 0, "extra"],
-                                           [10, "get", "k", None, "", 0, 0, 0, 700_000]])
-                assert got[9][0] == 400 and got[10][0] == 400
-                got = await _exchange(ws, [[11, "put", "k", "fine", "", 0, 0, 0, 0]])
-                assert got[11] == (200, {"ok": True})
+                                           [10, "get", "k", None, "", 0, 0, 0, 700_000],
+                                           [11, ["op"], "k", None, "", 0, 0, 0, 0],
+                                           [12, "get", ["k"], None, "", 0, 0, 0, 0]])
+                assert [got[i][0] for i in (9, 10, 11, 12)] == [400] * 4, got
+                got = await _exchange(ws, [[13, "put", "k", "fine", "", 0, 0, 0, 0]])
+                assert got[13] == (200, {"ok": True})
             # whole-message errors close the stream with a reason
-            for payload, code in ((b"\xc1", 1003), (msgpack.packb({"a": 1}), 1008),
+            for payload, code in ((b"\xc1", 1003), (msgpack.packb({"a": 1}), 1003),
+                                  (msgpack.packb([[[[]] * 65]]), 1003),
                                   (msgpack.packb([]), 1008), (msgpack.packb(["x"]), 1008),
                                   (msgpack.packb([[1, "get", "k", None, "", 0, 0, 0, 0]] * 9),
                                    1009),
@@ -121,7 +124,7 @@ async def test_bad_stream_input_is_refused_and_the_node_keeps_serving(tmp_path: 
                 await ws.send_str("text")
                 msg = await ws.receive(timeout=30)
                 assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1003
-        assert node.client_stream.bad_messages == 7
+        assert node.client_stream.bad_messages == 8
         async with AsyncClient([addr], timeout_s=30.0) as c:
             assert await c.get("k") == "fine"
             await c.put("k", "after")
@@ -144,9 +147,13 @@ async def test_clients_use_the_stream_and_fall_back_to_http(tmp_path: Path) -> N
         async with AsyncClient([addr], timeout_s=30.0, stream=False) as c:
             await c.put("h", "http")
             assert await c.get("h") == "http" and not c._streams
-        with pytest.raises(errors.TooLarge):
-            async with AsyncClient([addr], timeout_s=30.0) as c:
+        async with AsyncClient([addr], timeout_s=30.0) as c:
+            with pytest.raises(errors.TooLarge):
                 await c.put("x" * 5000, "v")
+            with pytest.raises(errors.InvalidArgument, match="UTF-8"):
+                await c.put("k", "\ud800")  # refused before it reaches the stream
+            await c.put("k", "still fine")
+            assert await c.get("k") == "still fine"
 
         def sync_side() -> list[str | None]:
             with Client([addr], timeout_s=30.0) as sc:
@@ -154,6 +161,14 @@ async def test_clients_use_the_stream_and_fall_back_to_http(tmp_path: Path) -> N
                 return [sc.get("sync"), sc.get("s7")]
 
         assert await asyncio.to_thread(sync_side) == ["yes", "7"]
+    finally:
+        await node.stop()
+    # A node whose stream limits are below what the client sends: it falls back to HTTP.
+    node = await _node(tmp_path / "small", Limits(stream_max_batch=2))
+    try:
+        async with AsyncClient([node.cfg.listen], timeout_s=30.0) as c:
+            await asyncio.gather(*(c.put(f"b{i}", str(i)) for i in range(20)))
+            assert await c.get("b7") == "7" and node.cfg.listen in c._no_stream
     finally:
         await node.stop()
     # A node without the stream (an older version): the client speaks HTTP to it.

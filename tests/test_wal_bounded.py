@@ -44,10 +44,10 @@ async def test_wal_files_stay_bounded_under_steady_writes(tmp_path: Path) -> Non
                 sizes.append(((group / "raft.db-wal").stat().st_size,
                               (group / "state.db-wal").stat().st_size))
         print("WAL sizes (raft.db, state.db) after each 800 writes:", sizes)
-        # bounded: the last is no larger than the largest seen after the first rounds
-        assert sizes[-1][0] <= max(s[0] for s in sizes[:3]), sizes
-        assert sizes[-1][1] <= max(s[1] for s in sizes[:3]), sizes
-        # checkpoints ran between applies, never beside one on the same connection
+        # Bounded: with the WAL restarting after each checkpoint the files stay near one
+        # checkpoint interval of frames (about 0.2 and 1 MiB here); checkpoints that
+        # never caught up left 3 and 29 MiB after these 4,800 writes.
+        assert sizes[-1][0] < 1 << 20 and sizes[-1][1] < 4 << 20, sizes
         assert not node.replicas[1].failed.done()
         assert node.replicas[1].applied_index >= 4800
     finally:
@@ -60,6 +60,7 @@ async def test_no_apply_runs_beside_a_state_checkpoint(tmp_path: Path,
     apply waits behind it (an inline apply beside it once failed a commit with
     'SQL statements in progress'). The checkpoint is held open here until the test has
     seen later writes commit but not apply."""
+    hold = threading.Event()  # set once the node is up: bootstrap is not held
     in_checkpoint = threading.Event()
     release = threading.Event()
     beside: list[int] = []
@@ -72,6 +73,9 @@ async def test_no_apply_runs_beside_a_state_checkpoint(tmp_path: Path,
             entered.set_result(None)
 
     def held_checkpoint(self: StateStore) -> None:
+        if not hold.is_set() or release.is_set():
+            checkpoint(self)
+            return
         in_checkpoint.set()
         loop.call_soon_threadsafe(signal_entered)
         release.wait(60)
@@ -94,6 +98,7 @@ async def test_no_apply_runs_beside_a_state_checkpoint(tmp_path: Path,
         num = await asyncio.to_thread(bootstrap, [addr], "s", {1: {1: addr}})
         await asyncio.to_thread(wait_groups_at, [addr], [1], num)
         r = node.replicas[1]
+        hold.set()
         async with AsyncClient([addr], timeout_s=60.0) as c:
             i = 0
             later: list[asyncio.Future[None]] = []

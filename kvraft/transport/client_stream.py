@@ -17,7 +17,7 @@ what ``kvraft.Client`` and ``AsyncClient`` use by default, because it costs the 
 the client a fraction of an HTTP request each.
 
 Limits: a message larger than ``stream_max_message_bytes`` or with more than
-``stream_max_batch`` requests closes the stream (1009 / 1008); at most
+``stream_max_batch`` requests closes the stream (1009); at most
 ``stream_max_inflight`` requests of one stream are in the node at once, from reading to
 the answer's write (the node stops reading the stream until some are written, so a
 client that writes fast or does not read is slowed, never buffered without bound).
@@ -93,6 +93,8 @@ class ClientStreamAPI:
             raise _Unreadable("a request must be [id, op, key, value, client, seq, ack, "
                               "config, timeout_ms]")
         rid, op, key, value, cid, seq, ack, num, timeout_ms = req
+        if not isinstance(op, str):
+            op = repr(op)[:20]
         try:
             timeout_s = check_timeout(self.limits, timeout_ms or None)
             if op == "get":
@@ -130,6 +132,7 @@ class _Stream:
         self.wake = asyncio.Event()
         self.room = asyncio.Semaphore(api.limits.stream_max_inflight)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.dead = False
         self.writer = asyncio.ensure_future(self._write_loop())
 
     async def serve(self) -> None:
@@ -143,7 +146,8 @@ class _Stream:
                 break
             try:
                 reqs = msgpack.unpackb(msg.data, raw=False, use_list=True,
-                                       strict_map_key=True)
+                                       max_array_len=max(limits.stream_max_batch, 64),
+                                       max_map_len=0, max_bin_len=0, max_ext_len=0)
             except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                     TypeError):
                 await self._refuse(WSCloseCode.UNSUPPORTED_DATA, "not a msgpack message")
@@ -158,11 +162,11 @@ class _Stream:
                 break
             for req in reqs:
                 await self.room.acquire()
+                if self.dead or self.ws.closed:
+                    return
                 t = asyncio.ensure_future(self._one(req))
                 self.tasks.add(t)
                 t.add_done_callback(self.tasks.discard)
-            if self.ws.closed:
-                break
 
     async def _one(self, req: Any) -> None:
         try:
@@ -177,10 +181,14 @@ class _Stream:
         except BaseException:
             self.room.release()
             raise
+        if self.dead:
+            self.room.release()
+            return
         self.out.append(ans)  # its room is released once it is written
         self.wake.set()
 
     async def _write_loop(self) -> None:
+        batch: list[Any] = []
         try:
             while True:
                 await self.wake.wait()
@@ -191,8 +199,15 @@ class _Stream:
                 await self.ws.send_bytes(msgpack.packb(batch, use_bin_type=True))
                 for _ in batch:  # a client that does not read stops being read
                     self.room.release()
-        except (ConnectionError, RuntimeError):
-            pass  # the client went away: its answers are lost with it
+                batch = []
+        except Exception as e:  # the client went away (or closed): its answers go too
+            log.debug("client stream writer stopped: %s", e)
+            self.dead = True
+            for _ in range(len(batch) + len(self.out) + self.api.limits.stream_max_inflight):
+                self.room.release()  # wakes a reader waiting for room: it stops
+            self.out.clear()
+            if not self.ws.closed:
+                await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"write failed")
 
     async def _refuse(self, code: int, why: str) -> None:
         self.api.bad_messages += 1
