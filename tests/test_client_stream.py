@@ -15,21 +15,14 @@ import pytest
 from aiohttp import web
 
 from kvraft import AsyncClient, Client, errors
-from kvraft.bootstrap import bootstrap, wait_groups_at
 from kvraft.config import Limits, NodeSettings
-from kvraft.runtime.node import Node, NodeConfig
+from kvraft.runtime.node import Node
 from kvraft.testing import free_port
+from kvraft.testing.inprocess import single_node
 
 
 async def _node(tmp_path: Path, limits: Limits | None = None) -> Node:
-    addr = f"127.0.0.1:{free_port()}"
-    settings = NodeSettings(limits=limits or Limits())
-    node = Node(NodeConfig(node_id=1, listen=addr, peers={1: addr}, data_dir=tmp_path / "n1",
-                           secret="s", groups=(0, 1), settings=settings))
-    await node.start()
-    num = await asyncio.to_thread(bootstrap, [addr], "s", {1: {1: addr}})
-    await asyncio.to_thread(wait_groups_at, [addr], [1], num)
-    return node
+    return await single_node(tmp_path / "n1", NodeSettings(limits=limits or Limits()))
 
 
 async def _exchange(ws: aiohttp.ClientWebSocketResponse, reqs: list[Any]) -> dict[int, Any]:

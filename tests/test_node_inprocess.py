@@ -8,22 +8,16 @@ from pathlib import Path
 import pytest
 
 from kvraft import AsyncClient, errors
-from kvraft.bootstrap import bootstrap, wait_groups_at
 from kvraft.raft import InvariantViolation, Role
 from kvraft.raft.types import Message, MsgType
 from kvraft.runtime.node import Node, NodeConfig
 from kvraft.testing import free_port
+from kvraft.testing.inprocess import single_node
 
 
 async def _single_node(tmp_path: Path) -> Node:
     """One node hosting the controller and data group 1, bootstrapped (group 1 owns all)."""
-    addr = f"127.0.0.1:{free_port()}"
-    node = Node(NodeConfig(node_id=1, listen=addr, peers={1: addr}, data_dir=tmp_path / "n1",
-                           secret="s", groups=(0, 1)))
-    await node.start()
-    num = await asyncio.to_thread(bootstrap, [addr], "s", {1: {1: addr}})
-    await asyncio.to_thread(wait_groups_at, [addr], [1], num)
-    return node
+    return await single_node(tmp_path / "n1")
 
 
 def test_a_node_needs_its_groups(tmp_path: Path) -> None:

@@ -14,24 +14,17 @@ from typing import Any
 import pytest
 
 from kvraft import AsyncClient
-from kvraft.bootstrap import bootstrap, wait_groups_at
 from kvraft.config import NodeSettings, ReplicaSettings, SnapshotSettings
 from kvraft.raft.types import Entry
-from kvraft.runtime.node import Node, NodeConfig
 from kvraft.storage.statedb import StateStore
-from kvraft.testing import free_port
+from kvraft.testing.inprocess import single_node
 
 
 async def test_wal_files_stay_bounded_under_steady_writes(tmp_path: Path) -> None:
-    addr = f"127.0.0.1:{free_port()}"
-    settings = NodeSettings(replica=ReplicaSettings(
-        checkpoint_entries=25, snapshot=SnapshotSettings(entries=1_000_000)))
-    node = Node(NodeConfig(node_id=1, listen=addr, peers={1: addr}, data_dir=tmp_path / "n1",
-                           secret="s", groups=(0, 1), settings=settings))
-    await node.start()
+    node = await single_node(tmp_path / "n1", NodeSettings(replica=ReplicaSettings(
+        checkpoint_entries=25, snapshot=SnapshotSettings(entries=1_000_000))))
+    addr = node.cfg.listen
     try:
-        num = await asyncio.to_thread(bootstrap, [addr], "s", {1: {1: addr}})
-        await asyncio.to_thread(wait_groups_at, [addr], [1], num)
         group = tmp_path / "n1" / "group-1"
         sizes: list[tuple[int, int]] = []
         async with AsyncClient([addr], timeout_s=30.0) as c:
@@ -89,14 +82,10 @@ async def test_no_apply_runs_beside_a_state_checkpoint(tmp_path: Path,
 
     monkeypatch.setattr(StateStore, "checkpoint", held_checkpoint)
     monkeypatch.setattr(StateStore, "apply_batch", watched_apply)
-    addr = f"127.0.0.1:{free_port()}"
-    settings = NodeSettings(replica=ReplicaSettings(checkpoint_entries=5))
-    node = Node(NodeConfig(node_id=1, listen=addr, peers={1: addr}, data_dir=tmp_path / "n1",
-                           secret="s", groups=(0, 1), settings=settings))
-    await node.start()
+    node = await single_node(tmp_path / "n1",
+                             NodeSettings(replica=ReplicaSettings(checkpoint_entries=5)))
+    addr = node.cfg.listen
     try:
-        num = await asyncio.to_thread(bootstrap, [addr], "s", {1: {1: addr}})
-        await asyncio.to_thread(wait_groups_at, [addr], [1], num)
         r = node.replicas[1]
         hold.set()
         async with AsyncClient([addr], timeout_s=60.0) as c:
