@@ -19,6 +19,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from kvraft.client import AsyncClient, Client
@@ -29,6 +30,14 @@ STREAM = True
 
 def key(t: int, i: int) -> str:
     return f"t{t:02d}k{i % 1000:012d}"
+
+
+def keys(t: int, n: int, deadline: float) -> Iterator[str]:
+    """Worker ``t``'s keys, up to ``n`` of them and until ``deadline`` (monotonic)."""
+    for i in range(n):
+        if time.monotonic() > deadline:
+            return
+        yield key(t, i)
 
 
 def summary(mode: str, op: str, level: int, lat: list[float], errors: int,
@@ -53,15 +62,10 @@ def run_sync(client: Client, op: str, threads: int, n: int, max_s: float) -> dic
 
     def worker(t: int) -> None:
         mine = []
-        for i in range(n):
-            if time.monotonic() > deadline:
-                break
+        for k in keys(t, n, deadline):
             s = time.perf_counter()
             try:
-                if op == "put":
-                    client.put(key(t, i), VALUE)
-                else:
-                    client.get(key(t, i))
+                client.put(k, VALUE) if op == "put" else client.get(k)
             except Exception:
                 errors[0] += 1
                 continue
@@ -86,15 +90,10 @@ async def run_async(client: AsyncClient, op: str, conc: int, n: int,
 
     async def worker(t: int) -> None:
         nonlocal errors
-        for i in range(n):
-            if time.monotonic() > deadline:
-                break
+        for k in keys(t, n, deadline):
             s = time.perf_counter()
             try:
-                if op == "put":
-                    await client.put(key(t, i), VALUE)
-                else:
-                    await client.get(key(t, i))
+                await (client.put(k, VALUE) if op == "put" else client.get(k))
             except Exception:
                 errors += 1
                 continue

@@ -103,7 +103,7 @@ async def test_no_apply_runs_beside_a_state_checkpoint(tmp_path: Path,
             deadline = asyncio.get_running_loop().time() + 30
             while r.core.log.committed < target:  # committed while the checkpoint is held
                 assert asyncio.get_running_loop().time() < deadline, r.status()
-                await asyncio.sleep(0.01)
+                await r._after_ready(deadline)  # wakes when the replica handles a Ready
             assert r.applied_index < target and not any(t.done() for t in after)
             release.set()
             await asyncio.gather(*later, *after)
