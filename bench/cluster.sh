@@ -15,7 +15,7 @@ case "${1:-}" in
 start)
   rm -rf "$BASE"; mkdir -p "$BASE"
   for i in 1 2 3; do
-    KVRAFT_SECRET=bench nohup "$PY" -m kvraft serve --id $i --listen 127.0.0.1:710$i $PEERS $GROUPS_ARGS \
+    KVRAFT_SECRET=bench nohup "$PY" -m kvraft serve --insecure --id $i --listen 127.0.0.1:710$i $PEERS $GROUPS_ARGS \
       --data-dir "$BASE/n$i" --log-level warning ${EXTRA_ARGS:-} > "$BASE/n$i.log" 2>&1 &
     echo $! > "$BASE/n$i.pid"
   done

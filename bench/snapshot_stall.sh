@@ -23,7 +23,7 @@ $PY "$here/snapshot_size.py" upload "$D/src" --endpoint-url "http://127.0.0.1:$P
 PEERS="--peer 1=127.0.0.1:7201 --peer 2=127.0.0.1:7202 --peer 3=127.0.0.1:7203"
 for i in 1 2 3; do
   $PY -m kvraft restore $S3 --id $i --whole-group --data-dir "$D/n$i" > /dev/null 2>&1
-  KVRAFT_SECRET=s $PY -m kvraft serve --id $i --listen 127.0.0.1:720$i $PEERS --group 0 --group 1 --data-dir "$D/n$i" \
+  KVRAFT_SECRET=s $PY -m kvraft serve --insecure --id $i --listen 127.0.0.1:720$i $PEERS --group 0 --group 1 --data-dir "$D/n$i" \
     --snapshot-entries ${SNAP_ENTRIES:-20000} --log-level warning > "$D/n$i.log" 2>&1 &
   PIDS="$PIDS $!"
 done
@@ -37,7 +37,7 @@ for t in $(seq 1 60); do $PY -m kvraft get k000000000000000 --addr $A > /dev/nul
 echo "== write load: 60000 puts at c=16 over 1M keys, snapshots every 20000 entries"
 $PY -m kvraft bench --addr $A --n 60000 -c 16 --keys 1000000 --json
 for i in 1 2 3; do
-  curl -s http://127.0.0.1:720$i/v1/status | $PY -c '
+  curl -s -H "X-Kvraft-Secret: s" http://127.0.0.1:720$i/v1/status | $PY -c '
 import json, sys
 d = json.load(sys.stdin)
 g = d["groups"]["1"]

@@ -28,8 +28,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kvraft.errors import KvraftError
+from kvraft.transport.auth import SECRET_HEADER, new_token, token_hash
+from kvraft.transport.tls import TLS, context, url
 
-SECRET_HEADER = "X-Kvraft-Secret"
 MAX_REDIRECTS = 5
 
 
@@ -75,8 +76,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None  # we follow 307 ourselves (POST included)
 
-
-_OPENER = urllib.request.build_opener(_NoRedirect())
 
 
 def parse_addrs(addrs: Sequence[str] | str) -> list[str]:
@@ -125,9 +124,14 @@ class ShardAdmin:
     """
 
     def __init__(self, controller: list[str] | str, secret: str | None,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, *, tls: TLS | None = None,
+                 token: str | None = None) -> None:
         self.addrs = parse_addrs(controller)
         self.secret = secret
+        self.tls = tls
+        self.token = token
+        self._opener = urllib.request.build_opener(
+            _NoRedirect(), urllib.request.HTTPSHandler(context=context(tls)))
         self.timeout_s = timeout_s
         self._leader: str | None = None
         self._last_target: str | None = None
@@ -143,10 +147,12 @@ class ShardAdmin:
             headers["Content-Type"] = "application/json"
         if secret and self.secret is not None:
             headers[SECRET_HEADER] = self.secret
-        req = urllib.request.Request(f"http://{addr}{path}", data=data, method=method,
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url(self.tls, addr, path), data=data, method=method,
                                      headers=headers)
         try:
-            with _OPENER.open(req, timeout=self.timeout_s) as r:
+            with self._opener.open(req, timeout=self.timeout_s) as r:
                 raw = r.read()
                 doc = json.loads(raw or b"{}")
                 if not isinstance(doc, dict):
@@ -187,8 +193,7 @@ class ShardAdmin:
                 continue
             msg = str(doc.get("message") or f"HTTP {status}")
             if status == 401:
-                raise Unauthorized(msg if self.secret is None
-                                   else "the cluster secret was refused (wrong secret)",
+                raise Unauthorized(msg,
                                    status=status, error=str(doc.get("error", "")))
             if status == 404 and "does not host the controller" in msg:
                 raise _NotController(f"{target}: {msg}")
@@ -204,9 +209,10 @@ class ShardAdmin:
                    secret: bool = False, retry_s: float | None = None) -> dict[str, Any]:
         """Call the controller: the last leader first, then every address, retrying
         unreachable ones for up to ``retry_s`` (default: ``timeout_s``)."""
-        if secret and not self.secret:
-            raise Unauthorized("this call needs the cluster secret (--secret or "
-                               "KVRAFT_SECRET)", status=401)
+        if secret and not self.secret and not self.token:
+            raise Unauthorized("this call needs an admin token (--token-file or KVRAFT_TOKEN) "
+                               "or the cluster secret (--secret-file or KVRAFT_SECRET)",
+                               status=401)
         deadline = time.monotonic() + (self.timeout_s if retry_s is None else retry_s)
         last = "no address"
         while True:
@@ -255,11 +261,29 @@ class ShardAdmin:
         """The rebalance plan ``{"plan": {...}, "applied", "num"}``, applied if asked."""
         return self._ctrl_call("POST", "/v1/ctrl/plan", {"apply": bool(apply)}, secret=True)
 
+    # --- tokens ---------------------------------------------------------------------------
+
+    def token_create(self, name: str, role: str) -> str:
+        """A new client token ``name`` with ``role`` (read, write, admin). The token is
+        made here and only its SHA-256 is sent: this is the one time it is seen."""
+        token = new_token()
+        self.command({"op": "token_put", "name": name, "role": role,
+                      "hash": token_hash(token)})
+        return token
+
+    def tokens(self) -> list[dict[str, Any]]:
+        """``[{"name", "role", "hash"}]`` of every token (hashes, never tokens)."""
+        doc = self._ctrl_call("GET", "/v1/ctrl/tokens", secret=True)
+        return list(doc.get("tokens", []))
+
+    def token_revoke(self, name: str) -> None:
+        self.command({"op": "token_revoke", "name": name})
+
     # --- nodes and groups ----------------------------------------------------------------
 
     def status(self, addr: str) -> dict[str, Any]:
         """``GET /v1/status`` of the node at ``addr``."""
-        return self._call_at(parse_addrs(addr)[0], "GET", "/v1/status")
+        return self._call_at(parse_addrs(addr)[0], "GET", "/v1/status", secret=True)
 
     def stats(self, gid: int, addr: str) -> dict[str, Any]:
         """Keys and bytes per range of group ``gid`` as the node at ``addr`` holds them."""
@@ -291,7 +315,7 @@ class ShardAdmin:
                 continue
             tried.add(addr)
             try:
-                st = self._call_at(addr, "GET", "/v1/status")
+                st = self._call_at(addr, "GET", "/v1/status", secret=True)
             except AdminError as e:
                 errs.append(str(e))
                 continue

@@ -16,8 +16,9 @@ from typing import Any
 
 import click
 
-from kvraft import errors
+from kvraft import credentials, errors
 from kvraft.client import AsyncClient
+from kvraft.credentials import Credentials
 
 
 @dataclass(slots=True)
@@ -46,9 +47,12 @@ def key_of(i: int, key_size: int) -> str:
 
 async def run_bench(addrs: str, *, n: int, concurrency: int, value_size: int, key_size: int,
                     read_ratio: float, keyspace: int, max_seconds: float, seed: int,
-                    client: AsyncClient | None = None) -> BenchResult:
+                    client: AsyncClient | None = None,
+                    creds: Credentials | None = None) -> BenchResult:
     own = client is None
-    c = client or AsyncClient(addrs, timeout_s=10.0, attempt_timeout_s=5.0)
+    creds = creds or Credentials()
+    c = client or AsyncClient(addrs, timeout_s=10.0, attempt_timeout_s=5.0, tls=creds.tls,
+                              token=creds.token)
     value = "v" * value_size
     rng = random.Random(seed)
     plan = [(rng.random() < read_ratio, rng.randrange(keyspace)) for _ in range(n)]
@@ -83,8 +87,9 @@ async def run_bench(addrs: str, *, n: int, concurrency: int, value_size: int, ke
     return res
 
 
-async def _preload(addrs: str, keyspace: int, key_size: int, value_size: int) -> None:
-    async with AsyncClient(addrs, timeout_s=10.0) as c:
+async def _preload(addrs: str, keyspace: int, key_size: int, value_size: int,
+                   creds: Credentials) -> None:
+    async with AsyncClient(addrs, timeout_s=10.0, tls=creds.tls, token=creds.token) as c:
         value = "v" * value_size
         sem = asyncio.Semaphore(64)
 
@@ -111,19 +116,20 @@ async def _preload(addrs: str, keyspace: int, key_size: int, value_size: int) ->
 @click.option("--max-seconds", type=float, default=60.0, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per level.")
+@credentials.options
 def bench(addrs: str, n: int, concurrency: tuple[int, ...], value_size: int, key_size: int,
           read_ratio: float, keyspace: int, max_seconds: float, seed: int,
-          as_json: bool) -> None:
+          as_json: bool, creds: Credentials) -> None:
     """Measure throughput and latency against a running cluster."""
     from kvraft.cli import install_fast_loop
 
     install_fast_loop()
     if read_ratio > 0:
-        asyncio.run(_preload(addrs, keyspace, key_size, value_size))
+        asyncio.run(_preload(addrs, keyspace, key_size, value_size, creds))
     for c in concurrency:
         r = asyncio.run(run_bench(addrs, n=n, concurrency=c, value_size=value_size,
                                   key_size=key_size, read_ratio=read_ratio, keyspace=keyspace,
-                                  max_seconds=max_seconds, seed=seed))
+                                  max_seconds=max_seconds, seed=seed, creds=creds))
         s = r.summary(concurrency=c, reads=read_ratio, value_size=value_size)
         if as_json:
             click.echo(json.dumps(s))

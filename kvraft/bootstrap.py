@@ -13,7 +13,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-SECRET_HEADER = "X-Kvraft-Secret"
+from kvraft.transport.auth import SECRET_HEADER
+from kvraft.transport.tls import TLS, context, url
 
 
 class BootstrapError(RuntimeError):
@@ -21,18 +22,18 @@ class BootstrapError(RuntimeError):
 
 
 def _call(addrs: Sequence[str], secret: str, method: str, path: str,
-          body: dict[str, Any] | None, deadline: float) -> dict[str, Any]:
+          body: dict[str, Any] | None, deadline: float, tls: TLS | None) -> dict[str, Any]:
     last = "no answer"
     while time.monotonic() < deadline:
         for addr in addrs:
             req = urllib.request.Request(
-                f"http://{addr}{path}", method=method,
+                url(tls, addr, path), method=method,
                 data=None if body is None else json.dumps(body).encode(),
                 headers={SECRET_HEADER: secret, "Content-Type": "application/json"})
             try:
                 # a follower answers 307 (urllib does not follow it for a POST): the
                 # loop goes on to the next address until the leader accepts
-                with urllib.request.urlopen(req, timeout=10.0) as r:
+                with urllib.request.urlopen(req, timeout=10.0, context=context(tls)) as r:
                     doc: dict[str, Any] = json.loads(r.read() or b"{}")
                     return doc
             except urllib.error.HTTPError as e:
@@ -46,9 +47,10 @@ def _call(addrs: Sequence[str], secret: str, method: str, path: str,
     raise BootstrapError(f"controller did not answer {path}: {last}")
 
 
-def latest_config(ctrl: Sequence[str], secret: str, timeout_s: float = 30.0) -> dict[str, Any]:
+def latest_config(ctrl: Sequence[str], secret: str, timeout_s: float = 30.0,
+                  tls: TLS | None = None) -> dict[str, Any]:
     doc = _call(ctrl, secret, "GET", "/v1/ctrl/config?num=-1", None,
-                time.monotonic() + timeout_s)
+                time.monotonic() + timeout_s, tls)
     cfg: dict[str, Any] = doc["config"]
     return cfg
 
@@ -62,11 +64,12 @@ def split_points(n: int) -> list[str]:
 
 
 def bootstrap(ctrl: Sequence[str], secret: str, groups: Mapping[int, Mapping[int, str]],
-              splits: Sequence[str] | None = None, timeout_s: float = 60.0) -> int:
+              splits: Sequence[str] | None = None, timeout_s: float = 60.0,
+              tls: TLS | None = None) -> int:
     """Join ``groups`` and split the key space at ``splits`` (default: one range per
     group), then balance; returns the configuration number reached."""
     deadline = time.monotonic() + timeout_s
-    cfg = latest_config(ctrl, secret, timeout_s)
+    cfg = latest_config(ctrl, secret, timeout_s, tls)
     if cfg["num"] > 0:
         return int(cfg["num"])
     points = list(splits) if splits is not None else split_points(len(groups))
@@ -74,31 +77,34 @@ def bootstrap(ctrl: Sequence[str], secret: str, groups: Mapping[int, Mapping[int
         # A retried split (an answer lost to a timeout) is refused: check the map instead.
         try:
             _call(ctrl, secret, "POST", "/v1/ctrl/command", {"op": "split", "key": key},
-                  deadline)
+                  deadline, tls)
         except BootstrapError:
-            starts = [r[1] for r in latest_config(ctrl, secret, timeout_s)["ranges"]]
+            starts = [r[1] for r in latest_config(ctrl, secret, timeout_s, tls)["ranges"]]
             if key not in starts:
                 raise
     for gid, members in sorted(groups.items()):
         _call(ctrl, secret, "POST", "/v1/ctrl/command",
               {"op": "join", "gid": gid, "members": {str(k): v for k, v in members.items()}},
-              deadline)
+              deadline, tls)
     try:
-        doc = _call(ctrl, secret, "POST", "/v1/ctrl/plan", {"apply": True}, deadline)
+        doc = _call(ctrl, secret, "POST", "/v1/ctrl/plan", {"apply": True}, deadline, tls)
     except BootstrapError:  # "plan is stale": a retried plan that was applied already
-        return int(latest_config(ctrl, secret, timeout_s)["num"])
+        return int(latest_config(ctrl, secret, timeout_s, tls)["num"])
     return int(doc["num"])
 
 
 def wait_groups_at(status_addrs: Sequence[str], groups: Sequence[int], num: int,
-                   timeout_s: float = 60.0) -> None:
+                   timeout_s: float = 60.0, *, secret: str = "", tls: TLS | None = None
+                   ) -> None:
     """Wait until every data group's leader (as some node reports) has taken ``num``."""
     deadline = time.monotonic() + timeout_s
     pending = set(groups)
     while time.monotonic() < deadline and pending:
         for addr in status_addrs:
             try:
-                with urllib.request.urlopen(f"http://{addr}/v1/status", timeout=2.0) as r:
+                req = urllib.request.Request(url(tls, addr, "/v1/status"),
+                                             headers={SECRET_HEADER: secret})
+                with urllib.request.urlopen(req, timeout=2.0, context=context(tls)) as r:
                     doc = json.loads(r.read())
             except (OSError, ValueError):
                 continue

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 
 import click
 
-from kvraft import errors
+from kvraft import credentials, errors
 from kvraft.cli_options import setting_option
 from kvraft.config import (
+    FLAGS,
     MEMBER,
     SERVE_SETTING,
     SERVE_SETTINGS,
@@ -27,6 +28,7 @@ from kvraft.config import (
     unknown_keys,
 )
 from kvraft.runtime.node import NodeConfig, run_node
+from kvraft.transport import tls
 
 DEFAULT_ADDRS = ",".join(LocalClusterSettings().addrs())
 """The nodes of ``kvraft up``'s default cluster."""
@@ -130,6 +132,11 @@ def node_config_from(file_cfg: Mapping[str, Any], options: Mapping[str, Any], *,
         "join": (lambda v: isinstance(v, str), "a string"),
         "data_dir": (lambda v: isinstance(v, str), "a string"),
         "secret": (lambda v: isinstance(v, str), "a string"),
+        "secret_file": (lambda v: isinstance(v, str), "a string"),
+        "tls_ca": (lambda v: isinstance(v, str), "a string"),
+        "tls_cert": (lambda v: isinstance(v, str), "a string"),
+        "tls_key": (lambda v: isinstance(v, str), "a string"),
+        **{flag: (lambda v: isinstance(v, bool), "true or false") for flag in FLAGS},
     }
     from_file = {k: _file_value(file_cfg, k, ok, what, source)
                  for k, (ok, what) in checks.items()}
@@ -149,14 +156,34 @@ def node_config_from(file_cfg: Mapping[str, Any], options: Mapping[str, Any], *,
     ctrl = pick("controller") or ""
     if isinstance(ctrl, list):
         ctrl = ",".join(ctrl)
-    secret = pick("secret") or ""
+    secret = read_secret(pick("secret_file"), from_file["secret"])
+    insecure = bool(pick("insecure"))
+    auth = pick("auth")
+    tls_files = [pick(k) for k in ("tls_ca", "tls_cert", "tls_key")]
+    if insecure and any(tls_files):
+        raise click.UsageError("--insecure and --tls-* exclude each other")
+    if not insecure and not all(tls_files):
+        raise click.UsageError(
+            "TLS is on by default: give --tls-ca, --tls-cert and --tls-key (make them with "
+            "kvraft certs init / kvraft certs issue node), or --insecure for plain HTTP")
     try:
         return NodeConfig(node_id=node_id, listen=listen, peers=peer_map,
                           data_dir=Path(data_dir), secret=secret, groups=tuple(groups),
                           controller=tuple(a.strip() for a in ctrl.split(",") if a.strip()),
-                          join=pick("join") or None, settings=settings)
-    except ValueError as e:
+                          join=pick("join") or None, settings=settings,
+                          tls=None if insecure else tls.from_paths(*tls_files),
+                          auth=(not insecure) if auth is None else bool(auth),
+                          fault_injection=bool(pick("enable_fault_injection")))
+    except ValueError as e:  # TLSError too
         raise click.UsageError(str(e)) from None
+
+
+def read_secret(path: str | None, from_config: str | None = None) -> str:
+    """The cluster secret: ``path``'s contents (stripped), else ``KVRAFT_SECRET``, else
+    the config file's ``secret``. Never taken from the command line (ps shows it)."""
+    if path:
+        return credentials.read_file(path, "secret")
+    return os.environ.get("KVRAFT_SECRET") or from_config or ""
 
 
 def _member_option(key: str, **kwargs: Any) -> Callable[[F], F]:
@@ -183,7 +210,14 @@ def _setting_options(f: F) -> F:
 @_member_option("controller")
 @_member_option("join")
 @_member_option("data_dir", type=click.Path(file_okay=False))
-@_member_option("secret")
+@_member_option("secret_file", type=click.Path(dir_okay=False))
+@_member_option("tls_ca", type=click.Path(dir_okay=False))
+@_member_option("tls_cert", type=click.Path(dir_okay=False))
+@_member_option("tls_key", type=click.Path(dir_okay=False))
+@click.option("--insecure", "insecure", is_flag=True, default=None, help=FLAGS["insecure"])
+@click.option("--auth/--no-auth", "auth", default=None, help=FLAGS["auth"])
+@click.option("--enable-fault-injection", "enable_fault_injection", is_flag=True,
+              default=None, help=FLAGS["enable_fault_injection"])
 @_setting_options
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
@@ -214,7 +248,22 @@ async def _serve(cfg: NodeConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if cfg.tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload_tls, cfg)
     return await run_node(cfg, stop)
+
+
+def reload_tls(cfg: NodeConfig) -> None:
+    """SIGHUP: take the rotated certificate and key for new connections; the open
+    ones (the group's streams) are not dropped. Unusable files keep the old ones."""
+    assert cfg.tls is not None
+    log = logging.getLogger("kvraft.node")
+    try:
+        cfg.tls.reload()
+    except tls.TLSError as e:
+        log.error("node %d: TLS reload refused, the old certificate stays: %s", cfg.node_id, e)
+        return
+    log.info("node %d: TLS certificate %s reloaded", cfg.node_id, cfg.tls.files.cert)
 
 
 # --- client commands ---------------------------------------------------------------------
@@ -226,11 +275,12 @@ timeout_option = click.option("--timeout", "timeout_s", type=float, default=5.0,
                               show_default=True, help="Deadline in seconds, retries included.")
 
 
-def _client_call(addrs: str, timeout_s: float, method: str, *args: str) -> Any:
+def _client_call(addrs: str, timeout_s: float, creds: credentials.Credentials, method: str,
+                 *args: str) -> Any:
     from kvraft.client import Client
 
     try:
-        with Client(addrs, timeout_s=timeout_s) as c:
+        with Client(addrs, timeout_s=timeout_s, tls=creds.tls, token=creds.token) as c:
             return getattr(c, method)(*args)
     except errors.InvalidArgument as e:
         raise click.UsageError(str(e)) from None
@@ -238,13 +288,17 @@ def _client_call(addrs: str, timeout_s: float, method: str, *args: str) -> Any:
         raise click.ClickException(f"{type(e).__name__}: {e}") from None
 
 
+def client_options(f: F) -> F:
+    """--addr, --timeout, --token-file (and --secret-file) of the client commands."""
+    return addr_option(timeout_option(credentials.options(f)))
+
+
 @main.command()
-@addr_option
-@timeout_option
+@client_options
 @click.argument("key")
-def get(addrs: str, timeout_s: float, key: str) -> None:
+def get(addrs: str, timeout_s: float, creds: credentials.Credentials, key: str) -> None:
     """Print KEY's value (exit status 1 if absent). Linearizable."""
-    value = _client_call(addrs, timeout_s, "get", key)
+    value = _client_call(addrs, timeout_s, creds, "get", key)
     if value is None:
         click.echo(f"(absent) {key}", err=True)
         sys.exit(1)
@@ -252,45 +306,45 @@ def get(addrs: str, timeout_s: float, key: str) -> None:
 
 
 @main.command()
-@addr_option
-@timeout_option
+@client_options
 @click.argument("key")
 @click.argument("value")
-def put(addrs: str, timeout_s: float, key: str, value: str) -> None:
+def put(addrs: str, timeout_s: float, creds: credentials.Credentials, key: str,
+        value: str) -> None:
     """Set KEY to VALUE."""
-    _client_call(addrs, timeout_s, "put", key, value)
+    _client_call(addrs, timeout_s, creds, "put", key, value)
     click.echo("OK")
 
 
 @main.command()
-@addr_option
-@timeout_option
+@client_options
 @click.argument("key")
 @click.argument("value")
-def append(addrs: str, timeout_s: float, key: str, value: str) -> None:
+def append(addrs: str, timeout_s: float, creds: credentials.Credentials, key: str,
+           value: str) -> None:
     """Append VALUE to KEY (creating it if absent)."""
-    _client_call(addrs, timeout_s, "append", key, value)
+    _client_call(addrs, timeout_s, creds, "append", key, value)
     click.echo("OK")
 
 
 @main.command()
-@addr_option
-@timeout_option
+@client_options
 @click.argument("key")
-def delete(addrs: str, timeout_s: float, key: str) -> None:
+def delete(addrs: str, timeout_s: float, creds: credentials.Credentials, key: str) -> None:
     """Delete KEY."""
-    existed = _client_call(addrs, timeout_s, "delete", key)
+    existed = _client_call(addrs, timeout_s, creds, "delete", key)
     click.echo("deleted" if existed else "(absent)")
 
 
 @main.command()
 @addr_option
+@credentials.options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status documents.")
-def status(addrs: str, as_json: bool) -> None:
+def status(addrs: str, creds: credentials.Credentials, as_json: bool) -> None:
     """Show each node's role, term, commit and applied index, and who leads."""
     from kvraft.statusview import collect_status, render_status
 
-    docs = asyncio.run(collect_status([a for a in addrs.split(",") if a]))
+    docs = asyncio.run(collect_status([a for a in addrs.split(",") if a], creds=creds))
     if as_json:
         click.echo(json.dumps(docs, indent=2))
     else:
@@ -301,12 +355,14 @@ def status(addrs: str, as_json: bool) -> None:
 
 def _register_subcommands() -> None:
     from kvraft.bench import bench
+    from kvraft.certs import certs_cli
     from kvraft.chaos.command import chaos_command
     from kvraft.check.command import check_command
     from kvraft.local import up
     from kvraft.member_cli import member_command, transfer_leader_command
     from kvraft.restore import backup_command, restore_command
 
+    main.add_command(certs_cli, name="certs")
     main.add_command(up)
     main.add_command(bench)
     main.add_command(check_command, name="check")

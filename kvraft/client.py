@@ -43,6 +43,7 @@ from kvraft import errors
 from kvraft.ctrler.config import Configuration
 from kvraft.recorder import HistoryRecorder
 from kvraft.transport.client_stream import STREAM_PATH
+from kvraft.transport.tls import TLS, client_ssl, scheme
 
 T = TypeVar("T")
 
@@ -231,11 +232,17 @@ class AsyncClient:
     ``addresses``: one or more ``HOST:PORT`` of cluster nodes (any of them).
     ``timeout_s``: the deadline of each operation, retries included.
     ``recorder``: if given, every operation is recorded (see docs/history-format.md).
+    ``tls``: the cluster CA (and a client certificate, if any) for a TLS cluster
+    (``kvraft.transport.tls.from_paths(ca, cert, key)``); None speaks plain HTTP.
+    ``token``: a client token (``shardctl token create``), sent as ``Authorization:
+    Bearer``; a refused one raises :class:`~kvraft.errors.Unauthorized` (or
+    :class:`~kvraft.errors.Forbidden` for a call its role does not allow).
     """
 
     def __init__(self, addresses: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  attempt_timeout_s: float = 1.0, recorder: HistoryRecorder | None = None,
-                 name: str | None = None, stream: bool = True) -> None:
+                 name: str | None = None, stream: bool = True, tls: TLS | None = None,
+                 token: str | None = None) -> None:
         if isinstance(addresses, str):
             addresses = addresses.split(",")
         self.addresses = [_norm_addr(a) for a in addresses]
@@ -255,6 +262,9 @@ class AsyncClient:
         self._map_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
         self.stream = stream
+        self.tls = tls
+        self._scheme = scheme(tls)
+        self._headers = {} if not token else {"Authorization": f"Bearer {token.strip()}"}
         self._streams: dict[str, _Stream] = {}
         self._opening: dict[str, asyncio.Future[_Stream | None]] = {}
         self._no_stream: set[str] = set()
@@ -276,8 +286,9 @@ class AsyncClient:
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=False),
-                timeout=aiohttp.ClientTimeout(total=None))
+                connector=aiohttp.TCPConnector(limit=0, force_close=False,
+                                               ssl=client_ssl(self.tls)),
+                timeout=aiohttp.ClientTimeout(total=None), headers=self._headers)
         return self._http
 
     # --- public operations ----------------------------------------------------------
@@ -349,11 +360,12 @@ class AsyncClient:
     async def status(self, address: str | None = None) -> dict[str, Any]:
         """The status document of one node (default: the first address)."""
         addr = _norm_addr(address) if address else self.addresses[0]
-        url = f"http://{addr}/v1/status"
+        url = f"{self._scheme}://{addr}/v1/status"
         try:
             async with self._session().get(
                     url, timeout=aiohttp.ClientTimeout(total=self.attempt_timeout_s)) as r:
                 doc: dict[str, Any] = await r.json()
+                _raise_denied(r.status, doc)
                 return doc
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
             raise errors.Unavailable(f"{addr}: {e or type(e).__name__}") from None
@@ -377,9 +389,10 @@ class AsyncClient:
                 addr = addrs[(next(self._rr) + i) % len(addrs)]
                 try:
                     async with self._session().get(
-                            f"http://{addr}/v1/shards?fresh=1",
+                            f"{self._scheme}://{addr}/v1/shards?fresh=1",
                             timeout=aiohttp.ClientTimeout(total=self.attempt_timeout_s)) as r:
                         doc = await r.json()
+                        _raise_denied(r.status, doc)
                     cfg = Configuration.from_dict(doc["config"])
                 except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError,
                         TypeError) as e:
@@ -528,6 +541,12 @@ class AsyncClient:
                     await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
                     backoff = min(backoff * 2, 0.2)
                     continue
+                if a.status in (401, 403) and maybe_applied:
+                    # refused here, but an earlier attempt may have been applied
+                    raise errors.OutcomeUnknown(f"write outcome unknown: an earlier attempt "
+                                                f"may have been applied, then {addr} refused "
+                                                f"the credentials ({a.status})")
+                _raise_denied(a.status, a.body)
                 if a.status in (400, 413):
                     cls = errors.TooLarge if a.status == 413 else errors.InvalidArgument
                     raise cls(a.body.get("message", code))
@@ -560,7 +579,7 @@ class AsyncClient:
         if session is not None:
             headers.update({"X-Kvraft-Client": session[0], "X-Kvraft-Seq": str(session[1]),
                             "X-Kvraft-Ack": str(session[2])})
-        url = yarl.URL(f"http://{addr}{path}", encoded=True)
+        url = yarl.URL(f"{self._scheme}://{addr}{path}", encoded=True)
         data = value.encode("utf-8") if value is not None else None
         if data is not None:
             headers["Content-Type"] = "text/plain; charset=utf-8"
@@ -595,8 +614,13 @@ class AsyncClient:
         try:
             async with asyncio.timeout(self.attempt_timeout_s):
                 ws = await self._session().ws_connect(
-                    f"http://{addr}{STREAM_PATH}", autoping=True, max_msg_size=0, compress=0)
+                    f"{self._scheme}://{addr}{STREAM_PATH}", autoping=True, max_msg_size=0,
+                    compress=0)
         except aiohttp.WSServerHandshakeError as e:
+            if e.status in (401, 403):
+                cls = errors.Forbidden if e.status == 403 else errors.Unauthorized
+                raise cls(f"{addr}: the stream was refused ({e.status}): check the "
+                          "client token") from None
             if e.status not in (404, 405):
                 raise _NotSent(f"{addr}: stream refused with {e.status}") from None
             self._no_stream.add(addr)  # a node without the stream
@@ -614,6 +638,14 @@ class AsyncClient:
     def _complete(self, rec: int | None, outcome: str, result: str | None = None) -> None:
         if self.recorder is not None and rec is not None:
             self.recorder.complete(rec, outcome, result)
+
+
+def _raise_denied(status: int, body: Any) -> None:
+    """A 401 or 403 is final: the credentials will not get better by retrying."""
+    if status in (401, 403):
+        msg = body.get("message", "") if isinstance(body, dict) else ""
+        raise (errors.Forbidden if status == 403 else errors.Unauthorized)(
+            msg or f"refused with {status}")
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

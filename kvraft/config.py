@@ -92,6 +92,26 @@ class Limits:
                                     minimum=1)
     stream_max_inflight: int = setting(
         1024, "Most requests of one client stream served at once.", minimum=1)
+    max_scan_limit: int = setting(10_000, "Most keys one scan returns.", minimum=1)
+    max_json_bytes: int = setting(1 << 20, "Largest JSON body of an admin or controller "
+                                  "call, in bytes.", minimum=1024)
+    max_header_bytes: int = setting(8190, "Longest request line or header field, in bytes.",
+                                    minimum=256)
+    max_headers: int = setting(128, "Most header fields in one request.", minimum=8)
+    max_connections: int = setting(2048, "Most connections open at once (clients and peers); "
+                                   "more are closed at once.", minimum=4)
+    header_timeout_s: float = setting(
+        10.0, "Seconds a new connection has to finish TLS and send its first request's "
+        "headers (slow clients are dropped).", minimum=0, min_open=True)
+    idle_timeout_s: float = setting(60.0, "Seconds a kept-alive connection may stay idle.",
+                                    minimum=0, min_open=True)
+    peer_max_frame_bytes: int = setting(
+        64 << 20, "Largest frame on the peer stream, in bytes (senders split larger "
+        "batches); keep it well above max_msg_bytes.", minimum=1 << 16)
+    peer_max_frame_items: int = setting(
+        200_000, "Most messages in a peer frame, and entries in a message.", minimum=64)
+    max_snapshot_bytes: int = setting(
+        1 << 40, "Largest snapshot a node accepts from a peer, in bytes.", minimum=1 << 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +308,16 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
     _node("stream_max_message_bytes", "limits.stream_max_message_bytes"),
     _node("stream_max_batch", "limits.stream_max_batch"),
     _node("stream_max_inflight", "limits.stream_max_inflight"),
+    _node("max_scan_limit", "limits.max_scan_limit"),
+    _node("max_json_bytes", "limits.max_json_bytes"),
+    _node("max_header_bytes", "limits.max_header_bytes"),
+    _node("max_headers", "limits.max_headers"),
+    _node("max_connections", "limits.max_connections"),
+    _node("header_timeout_s", "limits.header_timeout_s"),
+    _node("idle_timeout_s", "limits.idle_timeout_s"),
+    _node("peer_max_frame_bytes", "limits.peer_max_frame_bytes"),
+    _node("peer_max_frame_items", "limits.peer_max_frame_items"),
+    _node("max_snapshot_bytes", "limits.max_snapshot_bytes"),
     _node("snapshot_entries", "replica.snapshot.entries"),
     _node("snapshot_catchup_entries", "replica.snapshot.catchup_entries"),
     _node("s3_bucket", "backup.bucket", "KVRAFT_S3_BUCKET"),
@@ -336,11 +366,26 @@ MEMBERSHIP: tuple[MemberKey, ...] = (
               "groups with no members and wait to be added (kvraft member add). Ignored "
               "once the node holds state."),
     MemberKey("data_dir", "--data-dir", "data_dir", "Where raft.db/state.db live."),
-    MemberKey("secret", "--secret", "secret", "Cluster secret.", envvar="KVRAFT_SECRET"),
+    MemberKey("secret_file", "--secret-file", "secret", "File holding the cluster secret "
+              "(else KVRAFT_SECRET, else `secret` in the TOML file; never on the command "
+              "line, where ps shows it)."),
+    MemberKey("tls_ca", "--tls-ca", "tls", "The cluster CA's certificate (kvraft certs init)."),
+    MemberKey("tls_cert", "--tls-cert", "tls", "This node's certificate (kvraft certs issue "
+              "node)."),
+    MemberKey("tls_key", "--tls-key", "tls", "This node's private key."),
 )
 MEMBER = {m.key: m for m in MEMBERSHIP}
 
-SERVE_KEYS = frozenset(MEMBER) | frozenset(SERVE_SETTING)
+FLAGS: dict[str, str] = {
+    "insecure": "Serve and call plain HTTP with no TLS, and require no token unless --auth "
+                "(local experiments only: a warning is logged).",
+    "auth": "Require a client token on every call (default: on, off with --insecure).",
+    "enable_fault_injection": "Serve /v1/admin/faults, the chaos nemesis's hook (default: "
+                              "off, a 404).",
+}
+"""The boolean keys of ``kvraft serve`` (``--flag``; ``auth`` also ``--no-auth``)."""
+
+SERVE_KEYS = frozenset(MEMBER) | frozenset(SERVE_SETTING) | frozenset(FLAGS) | {"secret"}
 """Every key of ``kvraft serve``'s TOML file."""
 
 

@@ -73,6 +73,15 @@ class SessionExpired(OutcomeUnknown):
     """The server no longer remembers this client's session."""
 
 
+class Unauthorized(KvraftError):
+    """The node refused the credentials: no token, an unknown or revoked one, or a wrong
+    cluster secret (401). Not retried."""
+
+
+class Forbidden(Unauthorized):
+    """The token's role does not allow the call (403). Not retried."""
+
+
 class ServerError(KvraftError):
     """The server reported an internal error."""
 

@@ -1,8 +1,8 @@
 """``kvraft member ...`` and ``kvraft transfer-leader``: a group's membership.
 
 Any node of the cluster can be asked (``--addr``): the call reaches the group's leader
-(a member redirects, another node forwards). Changing commands need the cluster secret
-(``--secret``, ``KVRAFT_SECRET``, or the ``cluster.json`` that ``kvraft up`` writes).
+(a member redirects, another node forwards). They need an admin token or the cluster
+secret (``kvraft.credentials``: a file, the environment, or the local ``kvraft up``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 
 import click
 
+from kvraft import credentials
 from kvraft.admin import AdminError, CommandRefused, OutcomeUnknown, ShardAdmin, parse_addrs
+from kvraft.credentials import Credentials
 
 F = TypeVar("F", bound=Callable[..., Any])
 CLUSTER_FILE = Path("kvraft-data") / "cluster.json"
@@ -30,7 +32,7 @@ def _layout() -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _admin(addrs: str | None, secret: str | None, timeout_s: float) -> ShardAdmin:
+def _admin(addrs: str | None, creds: Credentials, timeout_s: float) -> ShardAdmin:
     layout = _layout()
     if not addrs:
         nodes = layout.get("nodes", {})
@@ -38,12 +40,12 @@ def _admin(addrs: str | None, secret: str | None, timeout_s: float) -> ShardAdmi
     if not addrs:
         raise click.ClickException("no node to ask: pass --addr HOST:PORT,... (or set "
                                    "KVRAFT_ADDRS), or run `kvraft up` here")
-    if secret is None and isinstance(layout.get("secret"), str):
-        secret = layout["secret"]
-    if not secret:
-        raise click.ClickException("membership calls need the cluster secret (--secret or "
+    if not creds.secret and not creds.token:
+        raise click.ClickException("membership calls need an admin token (--token-file or "
+                                   "KVRAFT_TOKEN) or the cluster secret (--secret-file or "
                                    "KVRAFT_SECRET)")
-    return ShardAdmin(parse_addrs(addrs), secret, timeout_s=timeout_s)
+    return ShardAdmin(parse_addrs(addrs), creds.secret, timeout_s=timeout_s, tls=creds.tls,
+                      token=creds.token)
 
 
 def _call(admin: ShardAdmin, method: str, path: str, body: dict[str, Any] | None) -> Any:
@@ -63,8 +65,7 @@ def _call(admin: ShardAdmin, method: str, path: str, body: dict[str, Any] | None
 def _options(f: F) -> F:
     f = click.option("--addr", "addrs", envvar="KVRAFT_ADDRS", metavar="HOST:PORT,...",
                      help="Nodes to ask (any node of the cluster).")(f)
-    f = click.option("--secret", envvar="KVRAFT_SECRET", show_default=False,
-                     help="Cluster secret (default: KVRAFT_SECRET or kvraft-data/cluster.json).")(f)
+    f = credentials.options(f)
     f = click.option("--group", "gid", type=click.IntRange(0), required=True,
                      help="The group (0 is the controller).")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print the JSON answer.")(f)
@@ -112,16 +113,16 @@ def _leader_doc(admin: ShardAdmin, gid: int) -> dict[str, Any]:
 
 @member_command.command("list")
 @_options
-def member_list(addrs: str | None, secret: str | None, gid: int, as_json: bool) -> None:
+def member_list(addrs: str | None, creds: Credentials, gid: int, as_json: bool) -> None:
     """Voters and learners of the group, with each one's progress (from the leader)."""
-    doc = _leader_doc(_admin(addrs, secret, 10.0), gid)
+    doc = _leader_doc(_admin(addrs, creds, 10.0), gid)
     click.echo(json.dumps(doc, indent=2) if as_json else _render_members(doc))
 
 
-def _change(addrs: str | None, secret: str | None, as_json: bool, timeout_s: float,
+def _change(addrs: str | None, creds: Credentials, as_json: bool, timeout_s: float,
             body: dict[str, Any]) -> None:
     body["timeout_s"] = timeout_s
-    doc = _call(_admin(addrs, secret, timeout_s + 10.0), "POST", "/v1/admin/members", body)
+    doc = _call(_admin(addrs, creds, timeout_s + 10.0), "POST", "/v1/admin/members", body)
     click.echo(json.dumps(doc, indent=2) if as_json else
                f"{doc['message']} (voters {doc['voters']}, learners {doc['learners']})")
 
@@ -139,10 +140,10 @@ _node = click.option("--id", "nid", type=click.IntRange(1), required=True, help=
 @click.option("--no-promote", is_flag=True,
               help="Leave it a learner (promote later with `member promote`).")
 @_timeout
-def member_add(addrs: str | None, secret: str | None, gid: int, as_json: bool, nid: int,
+def member_add(addrs: str | None, creds: Credentials, gid: int, as_json: bool, nid: int,
                address: str, no_promote: bool, timeout_s: float) -> None:
     """Add a node: a learner first, promoted to voter once it has caught up."""
-    _change(addrs, secret, as_json, timeout_s, {"op": "add", "group": gid, "id": nid,
+    _change(addrs, creds, as_json, timeout_s, {"op": "add", "group": gid, "id": nid,
                                                 "address": address, "promote": not no_promote})
 
 
@@ -151,10 +152,10 @@ def member_add(addrs: str | None, secret: str | None, gid: int, as_json: bool, n
 @_node
 @click.option("--address", required=True, metavar="HOST:PORT", help="The new node's address.")
 @_timeout
-def member_add_learner(addrs: str | None, secret: str | None, gid: int, as_json: bool,
+def member_add_learner(addrs: str | None, creds: Credentials, gid: int, as_json: bool,
                        nid: int, address: str, timeout_s: float) -> None:
     """Add a node as a learner (it receives the log, never votes)."""
-    _change(addrs, secret, as_json, timeout_s, {"op": "add-learner", "group": gid, "id": nid,
+    _change(addrs, creds, as_json, timeout_s, {"op": "add-learner", "group": gid, "id": nid,
                                                 "address": address})
 
 
@@ -162,29 +163,29 @@ def member_add_learner(addrs: str | None, secret: str | None, gid: int, as_json:
 @_options
 @_node
 @_timeout
-def member_promote(addrs: str | None, secret: str | None, gid: int, as_json: bool, nid: int,
+def member_promote(addrs: str | None, creds: Credentials, gid: int, as_json: bool, nid: int,
                    timeout_s: float) -> None:
     """Make a learner a voter once it has caught up."""
-    _change(addrs, secret, as_json, timeout_s, {"op": "promote", "group": gid, "id": nid})
+    _change(addrs, creds, as_json, timeout_s, {"op": "promote", "group": gid, "id": nid})
 
 
 @member_command.command("remove")
 @_options
 @_node
 @_timeout
-def member_remove(addrs: str | None, secret: str | None, gid: int, as_json: bool, nid: int,
+def member_remove(addrs: str | None, creds: Credentials, gid: int, as_json: bool, nid: int,
                   timeout_s: float) -> None:
     """Remove a voter or learner (the leader too; a node that is down too)."""
-    _change(addrs, secret, as_json, timeout_s, {"op": "remove", "group": gid, "id": nid})
+    _change(addrs, creds, as_json, timeout_s, {"op": "remove", "group": gid, "id": nid})
 
 
 @click.command("transfer-leader")
 @_options
 @click.option("--to", "to", type=click.IntRange(1), required=True, help="The new leader.")
 @_timeout
-def transfer_leader_command(addrs: str | None, secret: str | None, gid: int, as_json: bool,
+def transfer_leader_command(addrs: str | None, creds: Credentials, gid: int, as_json: bool,
                             to: int, timeout_s: float) -> None:
     """Hand the group's leadership to voter --to (drain a node before maintenance)."""
-    doc = _call(_admin(addrs, secret, timeout_s + 10.0), "POST", "/v1/admin/transfer-leader",
+    doc = _call(_admin(addrs, creds, timeout_s + 10.0), "POST", "/v1/admin/transfer-leader",
                 {"group": gid, "to": to, "timeout_s": timeout_s})
     click.echo(json.dumps(doc, indent=2) if as_json else doc["message"])

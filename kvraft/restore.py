@@ -31,10 +31,12 @@ from pathlib import Path
 
 import click
 
+from kvraft import credentials
 from kvraft.raft.types import ConfState, HardState, SnapshotMeta
 from kvraft.storage.raftlog import RaftLogStore
 from kvraft.storage.s3 import Manifest, S3SnapshotStore, SnapshotStoreError
 from kvraft.storage.snapshots import SnapshotError, adopt_snapshot, install_state
+from kvraft.transport.tls import context, url
 
 
 class RestoreError(Exception):
@@ -211,28 +213,29 @@ def restore_command(bucket: str, prefix: str, cluster: str, endpoint_url: str | 
 @click.group("backup", invoke_without_command=True)
 @click.option("--addr", "addrs", envvar="KVRAFT_ADDRS",
               default="127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003", show_default=True)
-@click.option("--secret", envvar="KVRAFT_SECRET", help="Cluster secret (or KVRAFT_SECRET).")
+@credentials.options
 @click.option("--group", "groups", type=int, multiple=True, default=(1,), show_default=True,
               help="Group to back up (repeat: --group 0 --group 1 ... for a whole cluster).")
 @click.pass_context
-def backup_command(ctx: click.Context, addrs: str, secret: str | None,
+def backup_command(ctx: click.Context, addrs: str, creds: credentials.Credentials,
                    groups: tuple[int, ...]) -> None:
     """Upload a snapshot of each GROUP to S3 now (its leader does it), or `backup list`."""
     if ctx.invoked_subcommand is not None:
         return
-    if not secret:
-        raise click.UsageError("the cluster secret is required (--secret or KVRAFT_SECRET)")
+    if not creds.secret and not creds.token:
+        raise click.UsageError("backups need an admin token (--token-file or KVRAFT_TOKEN) "
+                               "or the cluster secret (--secret-file or KVRAFT_SECRET)")
     for group in groups:
-        _backup_group(addrs, secret, group)
+        _backup_group(addrs, creds, group)
 
 
-def _backup_group(addrs: str, secret: str, group: int) -> None:
+def _backup_group(addrs: str, creds: credentials.Credentials, group: int) -> None:
     errors = []
     for addr in [a.strip() for a in addrs.split(",") if a.strip()]:
-        req = urllib.request.Request(f"http://{addr}/v1/admin/backup?group={group}",
-                                     method="POST", headers={"X-Kvraft-Secret": secret})
+        req = urllib.request.Request(url(creds.tls, addr, f"/v1/admin/backup?group={group}"),
+                                     method="POST", headers=creds.headers())
         try:
-            with urllib.request.urlopen(req, timeout=600) as r:
+            with urllib.request.urlopen(req, timeout=600, context=context(creds.tls)) as r:
                 doc = json.loads(r.read())
         except urllib.error.HTTPError as e:
             errors.append(f"{addr}: {e.code} {e.read().decode(errors='replace').strip()}")

@@ -7,25 +7,37 @@ from typing import Any
 
 import aiohttp
 
+from kvraft.credentials import Credentials
+from kvraft.transport.tls import TLS, client_ssl, url
 
-async def _one(session: aiohttp.ClientSession, addr: str) -> Any:
+
+async def _one(session: aiohttp.ClientSession, addr: str, tls: TLS | None) -> Any:
     try:
-        async with session.get(f"http://{addr}/v1/status") as r:
-            return await r.json()
+        async with session.get(url(tls, addr, "/v1/status")) as r:
+            doc = await r.json()
+            if r.status != 200:
+                return {"error": f"{r.status} {doc.get('message', '')}".strip()}
+            return doc
     except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         return {"error": f"{type(e).__name__}: {e}".strip()}
 
 
-async def collect_status(addrs: list[str], timeout_s: float = 5.0) -> dict[str, Any]:
+async def collect_status(addrs: list[str], timeout_s: float = 5.0,
+                         creds: Credentials | None = None) -> dict[str, Any]:
     """Fetch ``/v1/status`` from every address; unreachable nodes map to an error."""
-    addrs = [a.strip().removeprefix("http://").rstrip("/") for a in addrs]
+    creds = creds or Credentials()
+    addrs = [a.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
+             for a in addrs]
     out: dict[str, Any] = {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                     headers=creds.headers(),
+                                     connector=aiohttp.TCPConnector(
+                                         ssl=client_ssl(creds.tls))) as s:
         for _ in range(3):  # members the groups list (nodes added since) are asked too
             todo = [a for a in dict.fromkeys(addrs) if a not in out]
             if not todo:
                 break
-            docs = await asyncio.gather(*(_one(s, a) for a in todo))
+            docs = await asyncio.gather(*(_one(s, a, creds.tls) for a in todo))
             out.update(zip(todo, docs, strict=True))
             addrs = [a for d in docs for g in (d.get("groups") or {}).values()
                      for a in (g.get("addresses") or {}).values() if isinstance(a, str)]

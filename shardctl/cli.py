@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kvraft import credentials
 from kvraft.admin import (
     AdminError,
     ShardAdmin,
@@ -57,10 +58,10 @@ def _cluster_file() -> dict[str, Any] | None:
 
 
 class State:
-    def __init__(self, controller: str | None, secret: str | None, as_json: bool,
+    def __init__(self, controller: str | None, creds: credentials.Credentials, as_json: bool,
                  request_timeout: float) -> None:
         self._controller = controller
-        self._secret = secret
+        self.creds = creds
         self.as_json = as_json
         self.request_timeout = request_timeout
         self._admin: ShardAdmin | None = None
@@ -68,22 +69,21 @@ class State:
     @property
     def admin(self) -> ShardAdmin:
         if self._admin is None:
-            controller, secret = self._controller, self._secret
-            if controller is None or secret is None:
+            controller = self._controller
+            if controller is None:
                 layout = _cluster_file()
-                if layout is not None:
-                    if controller is None and 0 in layout.get("groups", [0]):
-                        nodes = layout.get("nodes", {})
-                        controller = ",".join(nodes[n] for n in sorted(nodes, key=int))
-                    if secret is None and isinstance(layout.get("secret"), str):
-                        secret = layout["secret"]
+                if layout is not None and 0 in layout.get("groups", [0]):
+                    nodes = layout.get("nodes", {})
+                    controller = ",".join(nodes[n] for n in sorted(nodes, key=int))
             if not controller:
                 raise Failure("no controller: pass --controller HOST:PORT,... (or set "
                               f"KVRAFT_CONTROLLER), or run `kvraft up` here "
                               f"({DEFAULT_CLUSTER_FILE} not found)")
             try:
-                self._admin = ShardAdmin(parse_addrs(controller), secret or None,
-                                         timeout_s=self.request_timeout)
+                c = self.creds
+                self._admin = ShardAdmin(parse_addrs(controller), c.secret,
+                                         timeout_s=self.request_timeout, tls=c.tls,
+                                         token=c.token)
             except AdminError as e:
                 raise Failure(str(e)) from None
         return self._admin
@@ -171,16 +171,15 @@ def _size(n: int | None) -> str:
 @click.option("--controller", envvar="KVRAFT_CONTROLLER", metavar="HOST:PORT,...",
               help="Controller addresses (default: the `kvraft up` cluster in "
                    "./kvraft-data).")
-@click.option("--secret", envvar="KVRAFT_SECRET", metavar="SECRET", show_default=False,
-              help="Cluster secret (default: from ./kvraft-data/cluster.json).")
 @click.option("--request-timeout", type=click.FloatRange(0.1), default=10.0,
               show_default=True, help="Seconds per HTTP request.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (also per command).")
 @click.pass_context
-def main(ctx: click.Context, controller: str | None, secret: str | None,
+@credentials.options
+def main(ctx: click.Context, controller: str | None, creds: credentials.Credentials,
          request_timeout: float, as_json: bool) -> None:
     """Show and change the shard configuration of a kvraft cluster."""
-    ctx.obj = State(controller, secret, as_json, request_timeout)
+    ctx.obj = State(controller, creds, as_json, request_timeout)
 
 
 @main.command()
@@ -360,3 +359,52 @@ def wait(st: State, timeout: float) -> None:
         click.echo(json.dumps({"ok": True, "in_flight": []}))
     else:
         click.echo("nothing in flight")
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Client tokens (read, write, admin), kept hashed by the controller."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["read", "write", "admin"]), required=True,
+              help="read: get and scan; write: and put, append, delete; admin: everything.")
+@click.option("--out", "out", type=click.Path(dir_okay=False),
+              help="Write the token to this file (mode 0600) instead of printing it.")
+@command
+def token_create(st: State, name: str, role: str, out: str | None) -> None:
+    """Create token NAME; it is shown once (the cluster keeps only its hash)."""
+    tok = st.admin.token_create(name, role)
+    if out:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(tok + "\n")
+    if st.as_json:
+        click.echo(json.dumps({"name": name, "role": role, **({} if out else {"token": tok})}))
+    elif out:
+        click.echo(f"token {name} ({role}) written to {out}")
+    else:
+        click.echo(tok)
+
+
+@token.command("list")
+@command
+def token_list(st: State) -> None:
+    """Every token's name and role."""
+    rows = [{"name": t["name"], "role": t["role"]} for t in st.admin.tokens()]
+    _emit(st, {"tokens": rows}, lambda: table(["NAME", "ROLE"],
+                                               [[r["name"], r["role"]] for r in rows]))
+
+
+@token.command("revoke")
+@click.argument("name")
+@command
+def token_revoke(st: State, name: str) -> None:
+    """Revoke token NAME: every node refuses it after its next controller poll."""
+    st.admin.token_revoke(name)
+    _emit(st, {"ok": True, "revoked": name}, lambda: f"token {name} revoked")
+

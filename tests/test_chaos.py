@@ -17,30 +17,31 @@ from kvraft.chaos.runner import _append_anomalies
 from kvraft.check.history import Operation
 
 RUNS = [
-    # (seed, nodes, fault kinds, snapshot every N entries, data groups)
-    (101, 3, ("kill", "kill-leader", "pause"), 300, 1),
-    (102, 3, ("partition", "isolate-leader", "one-way"), 300, 1),
-    (103, 5, ("bridge", "partition", "kill-leader"), 300, 1),
-    (104, 3, ("delay", "loss", "majority-down"), 300, 1),
-    (105, 3, ("kill", "kill-leader", "partition"), 100, 1),  # frequent snapshots and installs
+    # (seed, nodes, fault kinds, snapshot every N entries, data groups, TLS and tokens)
+    (101, 3, ("kill", "kill-leader", "pause"), 300, 1, False),
+    (102, 3, ("partition", "isolate-leader", "one-way"), 300, 1, False),
+    (103, 5, ("bridge", "partition", "kill-leader"), 300, 1, False),
+    (104, 3, ("delay", "loss", "majority-down"), 300, 1, False),
+    # frequent snapshots and installs, streamed over mutual TLS
+    (105, 3, ("kill", "kill-leader", "partition"), 100, 1, True),
     # a sharded cluster: ranges move, split, merge and groups leave and join under faults
-    (106, 3, ("move", "split", "merge", "leave", "kill-leader", "partition"), 200, 2),
-    (107, 3, ("move", "join", "split", "kill", "pause", "loss"), 200, 2),
+    (106, 3, ("move", "split", "merge", "leave", "kill-leader", "partition"), 200, 2, False),
+    (107, 3, ("move", "join", "split", "kill", "pause", "loss"), 200, 2, True),
     # membership: members replaced (new ids), removed and re-added, leadership moved
-    (108, 3, ("replace", "remove-readd", "transfer", "kill-leader", "partition"), 200, 1),
+    (108, 3, ("replace", "remove-readd", "transfer", "kill-leader", "partition"), 200, 1, True),
 ]
 
 
-@pytest.mark.parametrize(("seed", "nodes", "kinds", "snap", "groups"), RUNS,
-                         ids=[f"seed{r[0]}" for r in RUNS])
+@pytest.mark.parametrize(("seed", "nodes", "kinds", "snap", "groups", "tls"), RUNS,
+                         ids=[f"seed{r[0]}{'-tls' if r[5] else ''}" for r in RUNS])
 def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...],
-                   snap: int, groups: int) -> None:
+                   snap: int, groups: int, tls: bool) -> None:
     print(f"chaos seed={seed} nodes={nodes} groups={groups} faults={','.join(kinds)} "
-          f"snapshot-entries={snap}")
+          f"snapshot-entries={snap}{' --tls' if tls else ''}")
     cfg = ChaosSettings(seed=seed, nodes=nodes, duration_s=15.0 if groups == 1 else 20.0,
                         nemesis=NemesisSettings(kinds=kinds), data_dir=tmp_path / "c",
                         history_path=tmp_path / "history.jsonl", snapshot_entries=snap,
-                        groups=groups)
+                        groups=groups, tls=tls)
     report = run_chaos(cfg)
     print(report.summary())
     print("\n".join(report.events))

@@ -13,9 +13,13 @@ from pathlib import Path
 from kvraft.testing import free_port
 
 
-def _kvraft(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def _kvraft(*args: str, timeout_s: float = 60, data: Path | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """``kvraft ARGS``; with ``data``, as run beside that ``kvraft up`` directory (it finds
+    the cluster's CA, certificates and admin token there)."""
+    env = dict(os.environ, KVRAFT_DATA_DIR=str(data)) if data else None
     return subprocess.run([sys.executable, "-m", "kvraft", *args], capture_output=True,
-                          text=True, timeout=timeout_s)
+                          text=True, timeout=timeout_s, env=env)
 
 
 def _up(data: Path, base: int) -> subprocess.Popen[str]:
@@ -55,17 +59,22 @@ def test_up_ops_status_bench_and_restart(tmp_path: Path) -> None:
     proc = _up(data, base)
     try:
         out = "".join(_wait_ready(proc))
-        assert f"http://127.0.0.1:{base}" in out and "leader: 127.0.0.1:" in out
-        assert _kvraft("put", "greeting", "hello", "--addr", addrs).stdout.strip() == "OK"
-        assert _kvraft("append", "greeting", ", world", "--addr", addrs).returncode == 0
-        assert _kvraft("get", "greeting", "--addr", addrs).stdout.strip() == "hello, world"
-        absent = _kvraft("get", "nothing", "--addr", addrs)
+        assert f"https://127.0.0.1:{base}" in out and "leader: 127.0.0.1:" in out
+        assert "admin token" in out and (data / "admin.token").exists()
+        assert oct((data / "admin.token").stat().st_mode & 0o777) == "0o600"
+        # from another directory, without the cluster's CA and token: refused, not hung
+        refused = _kvraft("get", "greeting", "--addr", addrs, "--timeout", "3")
+        assert refused.returncode == 1, refused
+        assert _kvraft("put", "greeting", "hello", "--addr", addrs, data=data).stdout.strip() == "OK"
+        assert _kvraft("append", "greeting", ", world", "--addr", addrs, data=data).returncode == 0
+        assert _kvraft("get", "greeting", "--addr", addrs, data=data).stdout.strip() == "hello, world"
+        absent = _kvraft("get", "nothing", "--addr", addrs, data=data)
         assert absent.returncode == 1 and "absent" in absent.stderr
-        assert _kvraft("put", "doomed", "x", "--addr", addrs).returncode == 0
-        assert _kvraft("delete", "doomed", "--addr", addrs).stdout.strip() == "deleted"
-        st = _kvraft("status", "--addr", addrs)
+        assert _kvraft("put", "doomed", "x", "--addr", addrs, data=data).returncode == 0
+        assert _kvraft("delete", "doomed", "--addr", addrs, data=data).stdout.strip() == "deleted"
+        st = _kvraft("status", "--addr", addrs, data=data)
         assert st.returncode == 0 and "leader is node" in st.stdout, st.stdout
-        docs = json.loads(_kvraft("status", "--json", "--addr", addrs).stdout)
+        docs = json.loads(_kvraft("status", "--json", "--addr", addrs, data=data).stdout)
         leaders: dict[str, int] = {}
         assert all("groups" in d for d in docs.values()), docs
         for d in docs.values():
@@ -78,7 +87,7 @@ def test_up_ops_status_bench_and_restart(tmp_path: Path) -> None:
         assert all(len(v["ranges"]) == 1 and v["ranges"][0]["state"] == "serving"
                    for v in shards.values()), shards
         b = _kvraft("bench", "--addr", addrs, "--n", "200", "-c", "4", "--reads", "0.5",
-                    "--keys", "50", "--json")
+                    "--keys", "50", "--json", data=data)
         row = json.loads(b.stdout.strip().splitlines()[-1])
         assert b.returncode == 0 and row["ops"] == 200 and row["errors"] == 0
     finally:
@@ -86,7 +95,7 @@ def test_up_ops_status_bench_and_restart(tmp_path: Path) -> None:
     proc = _up(data, base)  # the same directory brings the same cluster back
     try:
         _wait_ready(proc)
-        assert _kvraft("get", "greeting", "--addr", addrs).stdout.strip() == "hello, world"
+        assert _kvraft("get", "greeting", "--addr", addrs, data=data).stdout.strip() == "hello, world"
     finally:
         _stop(proc)
 

@@ -27,17 +27,19 @@ from kvraft.runtime.node import NodeConfig
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 REQUIRED = ["--id", "1", "--listen", "127.0.0.1:7001", "--data-dir", "d", "--group", "0",
-            "--secret", "s"]
+            "--insecure"]
 # No environment variable of the developer's shell may leak into the options.
 CLEAN_ENV: dict[str, str | None] = {s.envvar: None for s in SERVE_SETTINGS if s.envvar}
-CLEAN_ENV["KVRAFT_SECRET"] = None
+CLEAN_ENV["KVRAFT_SECRET"] = "s"  # (a secret is never taken from the command line)
 
 
-def _serve(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[Result, list[NodeConfig]]:
+def _serve(monkeypatch: pytest.MonkeyPatch, *args: str, secret_env: str | None = "s"
+           ) -> tuple[Result, list[NodeConfig]]:
     """Run ``kvraft serve ARGS`` up to the point where it would start the node."""
     captured: list[NodeConfig] = []
     monkeypatch.setattr(cli, "start_node", lambda cfg, log_level: captured.append(cfg))
-    result = CliRunner().invoke(cli.main, ["serve", *args], env=CLEAN_ENV)
+    result = CliRunner().invoke(cli.main, ["serve", *args],
+                                env={**CLEAN_ENV, "KVRAFT_SECRET": secret_env})
     return result, captured
 
 
@@ -96,11 +98,12 @@ def test_file_overrides_defaults_and_option_overrides_file(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text('id = 2\nlisten = "127.0.0.1:7002"\ndata_dir = "d2"\nsecret = "f"\n'
-                    "groups = [0, 1]\ntick_ms = 30\nsnapshot_entries = 7\n"
+                    "insecure = true\ngroups = [0, 1]\ntick_ms = 30\nsnapshot_entries = 7\n"
                     'cluster_name = "prod"\nbackup_interval_s = 60\nmax_sessions = 10\n'
                     'shard_chunk_bytes = 4096\n[peers]\n1 = "127.0.0.1:7001"\n')
     result, [cfg] = _serve(monkeypatch, "--config", str(path), "--tick-ms", "40",
-                           "--peer", "3=127.0.0.1:7003", "--max-sessions", "20")
+                           "--peer", "3=127.0.0.1:7003", "--max-sessions", "20",
+                           secret_env=None)
     assert result.exit_code == 0, result.output
     s = cfg.settings
     assert s.replica.tick_ms == 40 and s.max_sessions == 20  # the option wins
@@ -166,3 +169,40 @@ def test_settings_from_layers() -> None:
         settings_from({"backup_keep": 0})
     one: dict[str, Any] = {"s3_endpoint_url": "http://minio:9000"}
     assert settings_from(one).backup.endpoint_url == "http://minio:9000"
+
+
+def test_serve_needs_tls_files_or_insecure(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    base = ["--id", "1", "--listen", "127.0.0.1:7001", "--data-dir", "d", "--group", "0"]
+    result, got = _serve(monkeypatch, *base)
+    assert result.exit_code == 2 and not got
+    assert "--tls-ca" in result.output and "--insecure" in result.output
+    result, got = _serve(monkeypatch, *base, "--insecure", "--tls-ca", "ca.crt")
+    assert result.exit_code == 2 and "exclude each other" in result.output
+    # a secret is read from a file, never taken as an argument
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file\n")
+    result, [cfg] = _serve(monkeypatch, *base, "--insecure", "--secret-file", str(secret),
+                           secret_env=None)
+    assert result.exit_code == 0, result.output
+    assert cfg.secret == "from-a-file" and cfg.tls is None and not cfg.auth
+    result, _ = _serve(monkeypatch, *base, "--insecure", "--secret", "s")
+    assert result.exit_code == 2 and "No such option" in result.output
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    result, got = _serve(monkeypatch, *base, "--insecure", "--secret-file", str(empty))
+    assert result.exit_code == 2 and "empty" in result.output and not got
+    # unusable TLS files are named
+    result, got = _serve(monkeypatch, *base, "--tls-ca", str(tmp_path / "nope.crt"),
+                         "--tls-cert", "c", "--tls-key", "k")
+    assert result.exit_code == 2 and "nope.crt" in result.output and not got
+    # TLS on, and with it tokens (unless --no-auth); fault injection only on request
+    from kvraft import certs
+    certs.init_ca(tmp_path)
+    crt, key = certs.issue_node(tmp_path, 1, ["127.0.0.1"])
+    tls = ["--tls-ca", str(tmp_path / "ca.crt"), "--tls-cert", str(crt), "--tls-key", str(key)]
+    result, [cfg] = _serve(monkeypatch, *base, *tls)
+    assert result.exit_code == 0, result.output
+    assert cfg.tls is not None and cfg.auth and not cfg.fault_injection
+    result, [cfg] = _serve(monkeypatch, *base, *tls, "--no-auth", "--enable-fault-injection")
+    assert not cfg.auth and cfg.fault_injection

@@ -1,4 +1,8 @@
-"""Three real node processes on 127.0.0.1: operations, crashes, pauses, partitions."""
+"""Three real node processes on 127.0.0.1: operations, crashes, pauses, partitions.
+
+The tests on the ``cluster`` fixture run twice: on plain HTTP (``--insecure``), and with
+mutual TLS between the nodes and tokens required, the way ``kvraft up`` runs (the secure
+path is the tested path)."""
 
 from __future__ import annotations
 
@@ -14,14 +18,16 @@ from typing import Any
 
 import pytest
 
-from kvraft import Client, errors
+from kvraft import errors
 from kvraft.testing import wait_for
 from kvraft.testing.cluster import LocalCluster
+from kvraft.transport.tls import context
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster", nodes=3)
+@pytest.fixture(params=["plain", "tls"])
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    secure = request.param == "tls"
+    c = LocalCluster(tmp_path / "cluster", nodes=3, tls=secure, auth=secure)
     c.start()
     try:
         c.wait_for_leader()
@@ -30,18 +36,23 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         c.stop()
 
 
-def _http(method: str, url: str, body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+def _http(c: LocalCluster, method: str, url: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None, *, token: bool = True
+          ) -> tuple[int, dict[str, object]]:
+    """A request with the cluster's TLS and, if ``token``, its client token."""
+    headers = dict(headers or {})
+    if token and c.token:
+        headers["Authorization"] = f"Bearer {c.token}"
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5, context=context(c.tls)) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
 
 
 def test_four_operations(cluster: LocalCluster) -> None:
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         assert c.get("missing") is None
         c.put("k", "v1")
         assert c.get("k") == "v1"
@@ -58,43 +69,46 @@ def test_four_operations(cluster: LocalCluster) -> None:
 
 def test_http_api_errors(cluster: LocalCluster) -> None:
     lead = cluster.wait_for_leader()
-    base = f"http://{cluster.addrs[lead]}"
-    assert _http("PUT", f"{base}/v1/kv/" + "k" * 5000, b"v")[0] == 413
-    status, doc = _http("PUT", f"{base}/v1/kv/big", b"v" * (1 << 20 + 1))
+    base = cluster.url(lead)
+    assert _http(cluster, "PUT", f"{base}/v1/kv/" + "k" * 5000, b"v")[0] == 413
+    status, doc = _http(cluster, "PUT", f"{base}/v1/kv/big", b"v" * (1 << 20 + 1))
     assert status == 413 and doc["error"] == "too_large"
-    assert _http("PUT", f"{base}/v1/kv/bad", b"\xff\xfe")[0] == 400
-    assert _http("PUT", f"{base}/v1/kv/j", b"{not json",
+    assert _http(cluster, "PUT", f"{base}/v1/kv/bad", b"\xff\xfe")[0] == 400
+    assert _http(cluster, "PUT", f"{base}/v1/kv/j", b"{not json",
                  {"Content-Type": "application/json"})[0] == 400
-    assert _http("PUT", f"{base}/v1/kv/j", b'{"value": 3}',
+    assert _http(cluster, "PUT", f"{base}/v1/kv/j", b'{"value": 3}',
                  {"Content-Type": "application/json"})[0] == 400
-    assert _http("PUT", f"{base}/v1/kv/s", b"v", {"X-Kvraft-Client": "c",
+    assert _http(cluster, "PUT", f"{base}/v1/kv/s", b"v", {"X-Kvraft-Client": "c",
                                                    "X-Kvraft-Seq": "abc"})[0] == 400
-    assert _http("GET", f"{base}/v1/kv/nothing")[0] == 404
-    status, doc = _http("PUT", f"{base}/v1/kv/j", b'{"value": "json"}',
+    assert _http(cluster, "GET", f"{base}/v1/kv/nothing")[0] == 404
+    status, doc = _http(cluster, "PUT", f"{base}/v1/kv/j", b'{"value": "json"}',
                         {"Content-Type": "application/json"})
     assert status == 200
-    assert _http("GET", f"{base}/v1/kv/j") == (200, {"key": "j", "value": "json"})
-    # Peer and admin endpoints refuse requests without the cluster secret.
-    assert _http("GET", f"{base}/raft/v1/stream")[0] == 401
-    assert _http("GET", f"{base}/v1/admin/faults")[0] == 401
+    assert _http(cluster, "GET", f"{base}/v1/kv/j") == (200, {"key": "j", "value": "json"})
+    # Peer and admin endpoints refuse requests without credentials.
+    assert _http(cluster, "GET", f"{base}/raft/v1/stream", token=False)[0] == 401
+    assert _http(cluster, "GET", f"{base}/v1/admin/faults", token=False)[0] == 401
     # The node is still healthy after all that.
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         c.put("after", "ok")
         assert c.get("after") == "ok"
 
 
 def test_follower_redirects_to_leader(cluster: LocalCluster) -> None:
-    opener = urllib.request.build_opener(_NoRedirect())
+    opener = urllib.request.build_opener(_NoRedirect(),
+                                         urllib.request.HTTPSHandler(context=context(cluster.tls)))
+    auth = {"Authorization": f"Bearer {cluster.token}"} if cluster.token else {}
     for _ in range(20):  # a leader change in between (a loaded machine) means: ask again
         lead = cluster.wait_converged()  # the follower must have heard from the leader
         follower = next(i for i in cluster.ids if i != lead)
-        req = urllib.request.Request(f"http://{cluster.addrs[follower]}/v1/kv/x", method="GET")
+        req = urllib.request.Request(cluster.url(follower, "/v1/kv/x"), method="GET",
+                                     headers=auth)
         with pytest.raises(urllib.error.HTTPError) as ei:
             opener.open(req, timeout=5)
         if cluster.leader() == lead:
             break
     assert ei.value.code == 307
-    assert ei.value.headers["Location"] == f"http://{cluster.addrs[lead]}/v1/kv/x"
+    assert ei.value.headers["Location"] == cluster.url(lead, "/v1/kv/x")
 
 
 _wait_for = wait_for
@@ -119,13 +133,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _appenders(addrs: list[str], stop: threading.Event, n_threads: int = 4
+def _appenders(cluster: LocalCluster, stop: threading.Event, n_threads: int = 4
                ) -> tuple[list[threading.Thread], dict[str, list[str]], dict[str, list[str]]]:
     """Threads appending unique tokens; returns (threads, acknowledged, unknown) per key."""
     acked: dict[str, list[str]] = {}
     unknown: dict[str, list[str]] = {}
     lock = threading.Lock()
-    client = Client(addrs, timeout_s=10.0)
+    client = cluster.client(timeout_s=10.0)
 
     def run(t: int) -> None:
         key = f"log{t}"
@@ -150,10 +164,10 @@ def _appenders(addrs: list[str], stop: threading.Event, n_threads: int = 4
     return threads, acked, unknown
 
 
-def _check_appends(addrs: list[str], acked: dict[str, list[str]],
+def _check_appends(cluster: LocalCluster, acked: dict[str, list[str]],
                    unknown: dict[str, list[str]]) -> int:
     total = 0
-    with Client(addrs, timeout_s=10.0) as c:
+    with cluster.client(timeout_s=10.0) as c:
         for key, tokens in acked.items():
             value = c.get(key) or ""
             for tok in tokens:
@@ -166,7 +180,7 @@ def _check_appends(addrs: list[str], acked: dict[str, list[str]],
 
 def test_sigkill_leader_under_writes_then_restart(cluster: LocalCluster) -> None:
     stop = threading.Event()
-    threads, acked, unknown = _appenders(cluster.addr_list, stop)
+    threads, acked, unknown = _appenders(cluster, stop)
     _wait_for(lambda: sum(len(v) for v in acked.values()) > 0, 30, "writes before the kill")
     old = cluster.wait_for_leader()
     old_term = _status(cluster, old)["term"]
@@ -182,7 +196,7 @@ def test_sigkill_leader_under_writes_then_restart(cluster: LocalCluster) -> None
     stop.set()
     for th in threads:
         th.join(timeout=15)
-    total = _check_appends(cluster.addr_list, acked, unknown)
+    total = _check_appends(cluster, acked, unknown)
     assert total > 20
     lead = cluster.wait_for_leader()
     commit = cluster.status(lead)["commit"]  # type: ignore[index]
@@ -192,7 +206,7 @@ def test_sigkill_leader_under_writes_then_restart(cluster: LocalCluster) -> None
 
 
 def test_restart_whole_cluster_keeps_data(cluster: LocalCluster) -> None:
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         for i in range(50):
             c.put(f"k{i}", f"v{i}")
         c.append("k0", "-more")
@@ -200,13 +214,13 @@ def test_restart_whole_cluster_keeps_data(cluster: LocalCluster) -> None:
         cluster.kill(i, signal.SIGKILL)
     cluster.start()
     cluster.wait_for_leader()
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         assert c.get("k0") == "v0-more"
         assert [c.get(f"k{i}") for i in range(1, 50)] == [f"v{i}" for i in range(1, 50)]
 
 
 def test_sigstop_leader_steps_down_after_sigcont(cluster: LocalCluster) -> None:
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         c.put("before", "1")
         old = cluster.wait_for_leader()
         old_term = cluster.status(old)["term"]  # type: ignore[index]
@@ -224,7 +238,7 @@ def test_sigstop_leader_steps_down_after_sigcont(cluster: LocalCluster) -> None:
         else:
             pytest.fail("old leader did not step down and follow the new one after SIGCONT")
         # A client that only knows the old leader is redirected and sees every write.
-        with Client([cluster.addrs[old]]) as c2:
+        with cluster.client(addresses=[cluster.addrs[old]]) as c2:
             assert c2.get("during") == "2"
             c2.put("after", "3")
         assert c.get("after") == "3"
@@ -247,7 +261,7 @@ def _isolated_follower_rejoins(cluster: LocalCluster) -> None:
     term = cluster.status(lead)["term"]  # type: ignore[index]
     follower = next(i for i in cluster.ids if i != lead)
     cluster.isolate(follower)
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         for i in range(20):
             c.put(f"iso{i}", str(i))
     time.sleep(cluster.tick_ms * 20 * 4 / 1000)  # several election timeouts
@@ -261,7 +275,7 @@ def _isolated_follower_rejoins(cluster: LocalCluster) -> None:
 
 
 def test_sigterm_on_leader_hands_off_leadership(cluster: LocalCluster) -> None:
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         c.put("k", "before")
         old = cluster.wait_for_leader()
         cluster.kill(old, signal.SIGTERM)  # a clean shutdown
@@ -273,11 +287,12 @@ def test_sigterm_on_leader_hands_off_leadership(cluster: LocalCluster) -> None:
 
 
 def test_prometheus_metrics(cluster: LocalCluster) -> None:
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         c.put("m", "1")
         assert c.get("m") == "1"
     lead = cluster.wait_for_leader()
-    with urllib.request.urlopen(f"http://{cluster.addrs[lead]}/metrics", timeout=5) as r:
+    req = urllib.request.Request(cluster.url(lead, "/metrics"), headers={"Authorization": f"Bearer {cluster.token}"} if cluster.token else {})
+    with urllib.request.urlopen(req, timeout=5, context=context(cluster.tls)) as r:
         text = r.read().decode()
     assert 'kvraft_raft_is_leader{group="1"} 1.0' in text
     assert 'kvraft_http_requests_total{code="200",op="put"}' in text
@@ -288,17 +303,16 @@ def test_prometheus_metrics(cluster: LocalCluster) -> None:
 def test_async_client_and_many_threads_on_one_client(cluster: LocalCluster) -> None:
     import asyncio
 
-    from kvraft import AsyncClient
 
     async def run() -> None:
-        async with AsyncClient(cluster.addr_list) as ac:
+        async with cluster.async_client() as ac:
             await asyncio.gather(*(ac.append("shared", f"<{i}>") for i in range(100)))
             value = await ac.get("shared")
             assert value is not None
             assert all(value.count(f"<{i}>") == 1 for i in range(100))
 
     asyncio.run(run())
-    with Client(cluster.addr_list) as c:
+    with cluster.client() as c:
         errs: list[BaseException] = []
 
         def work(t: int) -> None:

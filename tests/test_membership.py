@@ -142,8 +142,9 @@ def test_move_a_group_to_three_new_nodes(tmp_path: Path) -> None:
         assert _voters(c) == new
         wait_for(lambda: _controller_members(c) == new, 30, "the controller to follow")
         r = subprocess.run([sys.executable, "-m", "shardctl", "--controller",
-                            ",".join(c.addr_list[:3]), "--secret", c.secret, "show"],
-                           text=True, capture_output=True, timeout=60)
+                            ",".join(c.addr_list[:3]), "show"], text=True,
+                           capture_output=True, timeout=60,
+                           env=dict(os.environ, KVRAFT_SECRET=c.secret))
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         head = next(i for i, ln in enumerate(lines) if ln.startswith("GROUP "))

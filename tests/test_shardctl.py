@@ -51,16 +51,16 @@ def _env() -> dict[str, str]:
 def shardctl(c: LocalCluster, *args: str, secret: str | None = None,
              timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """Run ``python -m shardctl`` as a user would."""
-    argv = [sys.executable, "-m", "shardctl", "--controller", ",".join(c.controller),
-            "--secret", c.secret if secret is None else secret, *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=_env())
+    argv = [sys.executable, "-m", "shardctl", "--controller", ",".join(c.controller), *args]
+    env = dict(_env(), KVRAFT_SECRET=c.secret if secret is None else secret)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def cli(c: LocalCluster, *args: str) -> Any:
     """Run a command in-process (faster) with ``--json``; returns the parsed output."""
     res = CliRunner().invoke(
-        main, ["--controller", ",".join(c.controller), "--secret", c.secret, *args, "--json"],
-        env={"KVRAFT_CONTROLLER": None, "KVRAFT_SECRET": None}, catch_exceptions=False)
+        main, ["--controller", ",".join(c.controller), *args, "--json"],
+        env={"KVRAFT_CONTROLLER": None, "KVRAFT_SECRET": c.secret}, catch_exceptions=False)
     assert res.exit_code == 0, (res.stdout, res.stderr)
     return json.loads(res.stdout)
 

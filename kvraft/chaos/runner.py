@@ -55,6 +55,8 @@ class ChaosSettings:
     """Small, so that runs exercise snapshots, compaction and InstallSnapshot."""
     groups: int = 1
     """Data groups (with the controller, on every node); > 1 spreads the keys over them."""
+    tls: bool = False
+    """Mutual TLS between the nodes, and the clients over TLS with a token."""
 
 
 @dataclass(slots=True)
@@ -145,11 +147,12 @@ async def _client_loop(c: AsyncClient, rng: random.Random, keys: KeyEpochs, akey
             await asyncio.sleep(0.01)
 
 
-async def _workload(cfg: ChaosSettings, addrs: list[str], recorder: HistoryRecorder,
+async def _workload(cfg: ChaosSettings, cluster: LocalCluster, recorder: HistoryRecorder,
                     stop: threading.Event, appended: dict[str, str], keys: KeyEpochs,
                     akeys: KeyEpochs) -> None:
-    clients = [AsyncClient(addrs, timeout_s=cfg.op_timeout_s, attempt_timeout_s=0.5,
-                           recorder=recorder, name=f"c{i}") for i in range(cfg.clients)]
+    clients = [cluster.async_client(timeout_s=cfg.op_timeout_s, attempt_timeout_s=0.5,
+                                    recorder=recorder, name=f"c{i}")
+               for i in range(cfg.clients)]
     try:
         await asyncio.gather(*(
             _client_loop(c, random.Random(cfg.seed * 1000 + i), keys, akeys, stop, appended)
@@ -159,10 +162,10 @@ async def _workload(cfg: ChaosSettings, addrs: list[str], recorder: HistoryRecor
             await c.close()
 
 
-async def _final_reads(addrs: list[str], keys: list[str], recorder: HistoryRecorder
+async def _final_reads(cluster: LocalCluster, keys: list[str], recorder: HistoryRecorder
                        ) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    async with AsyncClient(addrs, timeout_s=30.0, recorder=recorder, name="final") as c:
+    async with cluster.async_client(timeout_s=30.0, recorder=recorder, name="final") as c:
         for k in keys:
             out[k] = await c.get(k)
     return out
@@ -205,7 +208,7 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
     c = cluster or LocalCluster(root, nodes=cfg.nodes, tick_ms=cfg.tick_ms, extra_args=[
         "--snapshot-entries", str(cfg.snapshot_entries),
         "--snapshot-catchup-entries", str(max(1, cfg.snapshot_entries // 5))],
-        groups=tuple(range(cfg.groups + 1)))
+        groups=tuple(range(cfg.groups + 1)), tls=cfg.tls, auth=cfg.tls)
     recorder = HistoryRecorder(cfg.history_path)
     snap_counts: Counter[str] = Counter()
     appended: dict[str, str] = {}
@@ -226,7 +229,7 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
         timer = threading.Timer(cfg.duration_s, stop.set)
         timer.start()
         try:
-            asyncio.run(_workload(cfg, c.addr_list, recorder, stop, appended, mkeys, akeys))
+            asyncio.run(_workload(cfg, c, recorder, stop, appended, mkeys, akeys))
         finally:
             stop.set()
             timer.cancel()
@@ -234,7 +237,7 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
         nemesis.heal_all()
         c.wait_for_leader(timeout_s=30)
         keys = sorted(mkeys.used) + sorted(akeys.used)
-        final = asyncio.run(_final_reads(c.addr_list, keys, recorder))
+        final = asyncio.run(_final_reads(c, keys, recorder))
         snap_counts = _snapshot_counts(c)
     finally:
         ops = recorder.close()

@@ -28,6 +28,14 @@ Operations (``gid`` is the target group of JOIN, LEAVE and MOVE):
   that is not: a stale report must not bring back a group that left).
 * ``APPLY_PLAN(moves)``: apply ``(range_id, expected_version, to_gid)`` moves in one new
   configuration, dropping stale ones (SHARDING.md rule 10).
+* ``TOKEN_PUT(key=name, token_hash, role)``: add a client token, known by the SHA-256 of
+  its text only (the token itself never reaches the controller's log). A name already
+  taken is refused, unless with the same hash and role (a retry).
+* ``TOKEN_REVOKE(key=name)``: remove a token.
+
+Token commands make no configuration: they change the token table and its
+``tokens_version``, which every node polls (``kvraft.transport.auth``). A token command
+carries a ninth element, ``[token_hash, role]``.
 
 Every range touched by a split, merge or move gets a higher version.
 """
@@ -54,6 +62,20 @@ class CtrlOp(IntEnum):
     MERGE = 5
     APPLY_PLAN = 6
     MEMBERS = 7
+    TOKEN_PUT = 8
+    TOKEN_REVOKE = 9
+
+
+TOKEN_OPS = (CtrlOp.TOKEN_PUT, CtrlOp.TOKEN_REVOKE)
+ROLES = {1: "read", 2: "write", 3: "admin"}
+"""Token roles by number (``kvraft.transport.auth.Role`` has the same values)."""
+MAX_TOKENS = 10_000
+_HEX = frozenset("0123456789abcdef")
+
+
+def valid_token_name(name: str) -> bool:
+    return (0 < len(name) <= 64 and name.isascii()
+            and all(c.isalnum() or c in "_.-" for c in name))
 
 
 class CtrlDecodeError(ValueError):
@@ -85,14 +107,17 @@ class CtrlCommand:
     version: int = 0
     key: str = ""
     moves: tuple[tuple[int, int, int], ...] = ()
+    token_hash: str = ""
+    role: int = 0
 
     def encode(self) -> bytes:
         """msgpack bytes, format version first. Integers must fit in 64 bits."""
-        out = msgpack.packb(
-            [FORMAT_VERSION, int(self.op), self.gid, [list(m) for m in self.members],
-             self.range_id, self.version, self.key, [list(m) for m in self.moves]],
-            use_bin_type=True,
-        )
+        fields: list[Any] = [FORMAT_VERSION, int(self.op), self.gid,
+                             [list(m) for m in self.members], self.range_id, self.version,
+                             self.key, [list(m) for m in self.moves]]
+        if self.op in TOKEN_OPS:
+            fields.append([self.token_hash, self.role])
+        out = msgpack.packb(fields, use_bin_type=True)
         assert isinstance(out, bytes)
         return out
 
@@ -104,9 +129,10 @@ class CtrlCommand:
             raw: Any = msgpack.unpackb(data, raw=False)
         except Exception as e:  # msgpack raises many types on garbage; all mean "malformed"
             raise CtrlDecodeError(f"malformed controller command: {type(e).__name__}") from e
-        if not isinstance(raw, list) or len(raw) != 8:
-            raise CtrlDecodeError("a controller command must be an 8-element array")
-        version, op, gid, members, range_id, rversion, key, moves = raw
+        if not isinstance(raw, list) or len(raw) not in (8, 9):
+            raise CtrlDecodeError("a controller command must be an 8-element array "
+                                  "(9 for a token command)")
+        version, op, gid, members, range_id, rversion, key, moves = raw[:8]
         if version != FORMAT_VERSION or not _is_int(version):
             raise CtrlDecodeError(f"unknown controller command format version {version!r}")
         if not (_is_int(op) and _is_int(gid) and _is_int(range_id) and _is_int(rversion)):
@@ -130,7 +156,16 @@ class CtrlCommand:
             cop = CtrlOp(op)
         except ValueError as e:
             raise CtrlDecodeError(f"unknown controller op {op!r}") from e
-        return CtrlCommand(cop, gid, tuple(ms), range_id, rversion, key, tuple(mv))
+        if (len(raw) == 9) != (cop in TOKEN_OPS):
+            raise CtrlDecodeError("a token command has 9 elements, any other 8")
+        th, role = "", 0
+        if cop in TOKEN_OPS:
+            tok = raw[8]
+            if not (isinstance(tok, list) and len(tok) == 2 and isinstance(tok[0], str)
+                    and _is_int(tok[1])):
+                raise CtrlDecodeError("a token command ends with [token_hash, role]")
+            th, role = tok
+        return CtrlCommand(cop, gid, tuple(ms), range_id, rversion, key, tuple(mv), th, role)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +181,7 @@ class CtrlResult:
     error: str = ""
     changed: bool = False
     dropped: int = 0
+    tokens_changed: bool = False
 
 
 # --- transitions: pure functions Configuration -> next Configuration -------------------
@@ -317,6 +353,8 @@ class ControllerMachine:
             raise ValueError("history_keep must be >= 1")
         self._keep = history_keep
         self._configs: list[Configuration] = [initial_configuration()]
+        self._tokens: dict[str, tuple[str, int]] = {}
+        self.tokens_version = 0
 
     def apply(self, data: bytes) -> CtrlResult:
         """Decode and apply one committed command."""
@@ -325,6 +363,14 @@ class ControllerMachine:
             cmd = CtrlCommand.decode(data)
         except CtrlDecodeError as e:
             return CtrlResult(False, cur.num, str(e))
+        if cmd.op in TOKEN_OPS:
+            try:
+                changed = self._token(cmd)
+            except CtrlRejected as e:
+                return CtrlResult(False, cur.num, str(e))
+            if changed:
+                self.tokens_version += 1
+            return CtrlResult(True, cur.num, tokens_changed=changed)
         try:
             new, dropped = _transition(cur, cmd)
             if new is not None:
@@ -339,6 +385,40 @@ class ControllerMachine:
         if len(self._configs) > self._keep:
             del self._configs[: len(self._configs) - self._keep]
         return CtrlResult(True, new.num, changed=True, dropped=dropped)
+
+    def _token(self, cmd: CtrlCommand) -> bool:
+        name = cmd.key
+        if not valid_token_name(name):
+            raise CtrlRejected("a token name is 1 to 64 of A-Z a-z 0-9 _ . -")
+        if cmd.op is CtrlOp.TOKEN_REVOKE:
+            if name not in self._tokens:
+                raise CtrlRejected(f"no token named {name!r}")
+            del self._tokens[name]
+            return True
+        h = cmd.token_hash
+        if len(h) != 64 or not set(h) <= _HEX:
+            raise CtrlRejected("token_hash must be a SHA-256 in lower-case hex")
+        if cmd.role not in ROLES:
+            raise CtrlRejected("role must be 1 (read), 2 (write) or 3 (admin)")
+        old = self._tokens.get(name)
+        if old == (h, cmd.role):
+            return False  # a retry of the same command
+        if old is not None:
+            raise CtrlRejected(f"a token named {name!r} exists: revoke it first")
+        if any(th == h for th, _ in self._tokens.values()):
+            raise CtrlRejected("another token has this hash")
+        if len(self._tokens) >= MAX_TOKENS:
+            raise CtrlRejected(f"at most {MAX_TOKENS} tokens")
+        self._tokens[name] = (h, cmd.role)
+        return True
+
+    def tokens(self) -> dict[str, tuple[str, int]]:
+        """name -> (sha256, role), a new dict."""
+        return dict(self._tokens)
+
+    def load_tokens(self, version: int, tokens: dict[str, tuple[str, int]]) -> None:
+        self.tokens_version = version
+        self._tokens = dict(tokens)
 
     def latest(self) -> Configuration:
         return self._configs[-1]

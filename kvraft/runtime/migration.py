@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -121,6 +123,8 @@ class ShardDriver:
         self._wake = asyncio.Event()
         self.chunks_installed = 0
         self.bytes_installed = 0
+        self.bad_chunks = 0
+        """Chunks refused for a bad shape or sha256 (and pulled again)."""
         self._copy_next = 0.0
         self.stranded = ""
         """Why this group cannot take its next configuration, if it cannot ever."""
@@ -224,6 +228,8 @@ class ShardDriver:
     # --- pulling --------------------------------------------------------------------------
 
     async def _pull(self, num: int, p: Pull) -> None:
+        """Pull range ``p`` chunk by chunk; each chunk is checked (its shape and its
+        sha256) before it is proposed, and a bad one is counted and asked for again."""
         members = await self._members(p.src_gid, num - 1)
         cursor, phase = p.cursor, p.phase
         backoff = self.s.poll_interval_s
@@ -245,21 +251,14 @@ class ShardDriver:
                     members = await self._members(p.src_gid, num - 1)
                 continue
             backoff = self.s.poll_interval_s
-            if phase == KEYS:
-                items = tuple((str(k), str(v)) for k, v in doc["items"])
-                cmd = ShardCommand(ShardOp.CHUNK, num, p.range_id, p.start, p.end,
-                                   cursor=cursor,
-                                   next_cursor=items[-1][0] if items else cursor,
-                                   last=bool(doc["last"]), items=items)
-                size = sum(len(k) + len(v) for k, v in items)
-            else:
-                sessions = tuple((str(c), int(a), tuple((int(s), int(st), bool(ex), str(k))
-                                                        for s, st, ex, k in rs))
-                                 for c, a, rs in doc["sessions"])
-                cmd = ShardCommand(ShardOp.SESSIONS, num, p.range_id, p.start, p.end,
-                                   cursor=cursor, next_cursor=doc.get("next_cursor"),
-                                   last=bool(doc["last"]), sessions=sessions)
-                size = 0
+            try:
+                cmd, size = _chunk_command(doc, phase, num, p, cursor)
+            except (KeyError, ValueError, TypeError) as e:
+                self.bad_chunks += 1
+                log.warning("group %d: refused a chunk of range %d from group %d: %s",
+                            self.gid, p.range_id, p.src_gid, e)
+                await asyncio.sleep(backoff)
+                continue
             res = await self._propose(cmd)
             if res.status == Status.OK:
                 self.chunks_installed += 1
@@ -313,3 +312,47 @@ class ShardDriver:
 
 def members_list(members: dict[int, str]) -> Sequence[str]:
     return [a for _, a in sorted(members.items())]
+
+
+def chunk_digest(body: Any) -> str:
+    """The sha256 of a chunk's ``items`` or ``sessions`` as JSON (what both ends hash)."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _chunk_command(doc: dict[str, Any], phase: int, num: int, p: Pull,
+                   cursor: str | None) -> tuple[ShardCommand, int]:
+    """The command installing one pulled chunk; raises ValueError (or KeyError,
+    TypeError) for a chunk that is malformed or fails its sha256."""
+    name = "items" if phase == KEYS else "sessions"
+    body = doc[name]
+    if not isinstance(body, list) or not isinstance(doc.get("last"), bool):
+        raise ValueError(f"{name} must be a list and last a boolean")
+    if doc.get("sha256") != chunk_digest(body):
+        raise ValueError("sha256 mismatch")
+    if phase == KEYS:
+        items = tuple((_text(k), _text(v)) for k, v in body)
+        return ShardCommand(ShardOp.CHUNK, num, p.range_id, p.start, p.end, cursor=cursor,
+                            next_cursor=items[-1][0] if items else cursor, last=doc["last"],
+                            items=items), sum(len(k) + len(v) for k, v in items)
+    sessions = tuple((_text(c), _int(a), tuple((_int(s), _int(st), bool(ex), _text(k))
+                                               for s, st, ex, k in rs))
+                     for c, a, rs in body)
+    nxt = doc.get("next_cursor")
+    if nxt is not None and not isinstance(nxt, str):
+        raise ValueError("next_cursor must be a string")
+    return ShardCommand(ShardOp.SESSIONS, num, p.range_id, p.start, p.end, cursor=cursor,
+                        next_cursor=nxt, last=doc["last"], sessions=sessions), 0
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int:
+        raise ValueError(f"expected an integer, got {type(v).__name__}")
+    return v
+

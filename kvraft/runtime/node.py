@@ -51,12 +51,15 @@ from kvraft.storage.ports import MachineStore
 from kvraft.storage.snapshots import LocalSnapshot
 from kvraft.storage.statedb import NotOwned, StateStore
 from kvraft.transport.admin import AdminAPI
+from kvraft.transport.auth import Guard
 from kvraft.transport.client_stream import ClientStreamAPI
 from kvraft.transport.http_api import ClientAPI
 from kvraft.transport.member_api import MemberAPI
 from kvraft.transport.peer import PeerTransport
+from kvraft.transport.server import GuardedSite
 from kvraft.transport.shard_api import ShardAPI
 from kvraft.transport.snapshot_stream import IncomingSnapshot, SnapshotReceiver, send_snapshot
+from kvraft.transport.tls import TLS, url
 
 log = logging.getLogger("kvraft.node")
 
@@ -98,6 +101,13 @@ class NodeConfig:
     bootstrap membership and wait to be added (``kvraft member add``)."""
     settings: NodeSettings = field(default_factory=NodeSettings)
     """Everything with a default (kvraft.config defines each one)."""
+    tls: TLS | None = None
+    """Serve and call over TLS with these files (mutual TLS between nodes); None: plain
+    HTTP (``--insecure``)."""
+    auth: bool = False
+    """Require a token (or the cluster secret) on every call but /health."""
+    fault_injection: bool = False
+    """Serve ``/v1/admin/faults`` (the nemesis's hook); otherwise it is a 404."""
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -146,12 +156,19 @@ class Node(ShardServiceMixin, MembershipMixin):
         addresses that membership entries carry."""
         self._controller_seed = config.controller_addrs()
         self.removed: set[int] = set()
-        self.caller = GroupCaller(config.secret)
+        self.caller = GroupCaller(config.secret, tls=config.tls)
+        self.tokens: dict[str, str] | None = None
+        """The controller's token table as last polled: sha256 -> role (None until the
+        first poll answers: unknown tokens then get a 503, not a 401)."""
+        self._tokens_version = -1
+        self.guard = Guard(config.secret, config.tls, required=config.auth,
+                           tokens=lambda: self.tokens)
         self.configs = ConfigSource(self.caller, self.controller_addrs)
         self.configs.on_controller = self._learn_controller
         self.drivers: dict[int, ShardDriver] = {}
         self.transport: PeerTransport | None = None
         self._runner: web.AppRunner | None = None
+        self.site: GuardedSite | None = None
         self._lock_fd: int | None = None
         self.stopped = asyncio.Event()
         backup = config.settings.backup
@@ -171,7 +188,8 @@ class Node(ShardServiceMixin, MembershipMixin):
         self.transport = PeerTransport(node_id=cfg.node_id, secret=cfg.secret,
                                        deliver=self._deliver, unreachable=self._unreachable,
                                        listen=cfg.peers.get(cfg.node_id, cfg.listen),
-                                       learn=self._learn_peer)
+                                       learn=self._learn_peer, tls=cfg.tls,
+                                       limits=cfg.settings.limits)
         await self.transport.start()
         # A joining node has no bootstrap membership: it never campaigns, and waits for
         # the group's leader to add it (the log or a snapshot then tells it the rest).
@@ -196,22 +214,29 @@ class Node(ShardServiceMixin, MembershipMixin):
             if peer != cfg.node_id:
                 self.transport.set_peer(peer, addr)
         limits = cfg.settings.limits
-        app = web.Application(client_max_size=limits.max_value_bytes * 2 + 65536)
+        app = web.Application(client_max_size=limits.max_value_bytes * 2 + 65536,
+                              middlewares=[self.guard.middleware()])
         ClientAPI(self, limits, observe=self.metrics.observe).add_routes(app)
         self.client_stream.add_routes(app)
-        ShardAPI(self, cfg.secret, request_timeout_s=limits.request_timeout_s
-                 ).add_routes(app)
-        MemberAPI(self, cfg.secret, default_timeout_s=300.0).add_routes(app)
+        ShardAPI(self, limits).add_routes(app)
+        MemberAPI(self, default_timeout_s=300.0).add_routes(app)
         app.router.add_get("/metrics", self.metrics.handle)
-        AdminAPI(self.transport).add_routes(app)
+        if cfg.fault_injection:
+            AdminAPI(self.transport).add_routes(app)
         app.router.add_post("/v1/admin/backup", self._handle_backup)
         self.transport.add_routes(app)
         SnapshotReceiver(self.transport, self._spool_dir, self._receive_snapshot).add_routes(app)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=limits.idle_timeout_s,
+            max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
+            max_headers=limits.max_headers)
         await self._runner.setup()
         host, port = _split_hostport(cfg.listen)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
+        self.site = GuardedSite(self._runner, host, port,
+                                ssl_context=None if cfg.tls is None else cfg.tls.server(),
+                                max_connections=limits.max_connections,
+                                header_timeout_s=limits.header_timeout_s)
+        await self.site.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self.loop_lag.run()))
         self._tasks.append(loop.create_task(self._poll_controller()))
@@ -221,7 +246,16 @@ class Node(ShardServiceMixin, MembershipMixin):
             self._tasks.append(loop.create_task(self._discover_controller(cfg.join)))
         if self.backups is not None:
             self._tasks.append(loop.create_task(self.backups.run(self.replicas)))
-        log.info("node %d serving on http://%s (data %s)", cfg.node_id, cfg.listen, cfg.data_dir)
+        log.info("node %d serving on %s (data %s)", cfg.node_id, url(cfg.tls, cfg.listen),
+                 cfg.data_dir)
+        if cfg.tls is None:
+            log.warning("node %d serves plain HTTP (--insecure): peers, clients and the "
+                        "cluster secret cross the network unencrypted", cfg.node_id)
+        if not cfg.auth:
+            log.warning("node %d requires no token: any client that reaches %s can read "
+                        "and write", cfg.node_id, cfg.listen)
+        if cfg.fault_injection:
+            log.warning("node %d has fault injection enabled (/v1/admin/faults)", cfg.node_id)
 
     def _opener(self, gid: int) -> Callable[[Path], MachineStore]:
         if gid == CONTROLLER:
@@ -233,10 +267,29 @@ class Node(ShardServiceMixin, MembershipMixin):
         and the controller's list of each led group's voters true to the group."""
         while True:
             await self.configs.refresh()
+            with contextlib.suppress(errors.KvraftError):
+                await self._refresh_tokens()
             for gid in list(self.replicas):
                 with contextlib.suppress(Exception):
                     await self.report_members(gid)
             await asyncio.sleep(max(0.2, self.cfg.settings.shard.poll_interval_s * 5))
+
+    async def _refresh_tokens(self) -> None:
+        """Take the controller's token table if it changed (a revoked token is refused
+        here within one poll). If the controller cannot be reached, the last table
+        stays in force."""
+        doc = await self.caller.call(self.controller_addrs(), "GET", "/v1/ctrl/tokens",
+                                     params={"since": str(self._tokens_version)},
+                                     timeout_s=2.0)
+        version = doc.get("version")
+        if not isinstance(version, int) or doc.get("unchanged"):
+            return
+        table = {}
+        for t in doc.get("tokens", []):
+            if isinstance(t, dict) and isinstance(t.get("hash"), str) and t.get("role") in (
+                    "read", "write", "admin"):
+                table[t["hash"]] = t["role"]
+        self.tokens, self._tokens_version = table, version
 
     async def _check_restored(self) -> None:
         """A group restored from a backup under a new id (``kvraft restore`` without
@@ -444,11 +497,6 @@ class Node(ShardServiceMixin, MembershipMixin):
         await self.replicas[inc.group].receive_snapshot(inc)
 
     async def _handle_backup(self, request: web.Request) -> web.Response:
-        assert self.transport is not None
-        if not self.transport.authorized(request):
-            return web.json_response({"error": "unauthorized",
-                                      "message": "backup without a valid cluster secret"},
-                                     status=401)
         if self.backups is None:
             return web.json_response({"error": "not_configured", "message":
                                       "S3 backups are not configured (--s3-bucket)"}, status=400)

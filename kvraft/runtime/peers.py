@@ -19,12 +19,15 @@ from typing import Any
 import aiohttp
 
 from kvraft import errors
-from kvraft.transport.shard_api import SECRET_HEADER
+from kvraft.transport.auth import SECRET_HEADER
+from kvraft.transport.tls import TLS, client_ssl, url
 
 
 class GroupCaller:
-    def __init__(self, secret: str, *, attempt_timeout_s: float = 2.0) -> None:
+    def __init__(self, secret: str, *, attempt_timeout_s: float = 2.0,
+                 tls: TLS | None = None) -> None:
         self.secret = secret
+        self.tls = tls
         self.attempt_timeout_s = attempt_timeout_s
         self._http: aiohttp.ClientSession | None = None
         self._leader: dict[tuple[str, ...], str] = {}
@@ -32,7 +35,7 @@ class GroupCaller:
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64),
+                connector=aiohttp.TCPConnector(limit=64, ssl=client_ssl(self.tls)),
                 timeout=aiohttp.ClientTimeout(total=None))
         return self._http
 
@@ -101,7 +104,7 @@ class GroupCaller:
                     attempt_timeout_s: float | None = None) -> tuple[int, dict[str, Any]]:
         t = max(0.05, min(timeout_s, attempt_timeout_s or self.attempt_timeout_s))
         async with self._session().request(
-                method, f"http://{addr}{path}", json=body, params=params,
+                method, url(self.tls, addr, path), json=body, params=params,
                 headers={SECRET_HEADER: self.secret}, allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=t)) as r:
             raw = await r.read()

@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from kvraft import errors
 from kvraft.ctrler.config import Configuration
-from kvraft.ctrler.machine import CtrlCommand, CtrlOp, CtrlResult
+from kvraft.ctrler.machine import (
+    ROLES,
+    TOKEN_OPS,
+    CtrlCommand,
+    CtrlOp,
+    CtrlResult,
+    valid_token_name,
+)
 from kvraft.ctrler.rebalance import RangeSize, plan
+from kvraft.runtime.migration import chunk_digest
 from kvraft.storage.ctrlstate import ControllerStore
 from kvraft.storage.statedb import NotOwned, StateStore
 from kvraft.transport.shard_api import MAX_ID, opt_str, req_int
@@ -31,7 +39,9 @@ MAX_EXPORT_BYTES = 4 << 20
 MAX_EXPORT_SESSIONS = 5000
 
 _OPS = {"join": CtrlOp.JOIN, "leave": CtrlOp.LEAVE, "move": CtrlOp.MOVE,
-        "split": CtrlOp.SPLIT, "merge": CtrlOp.MERGE, "members": CtrlOp.MEMBERS}
+        "split": CtrlOp.SPLIT, "merge": CtrlOp.MERGE, "members": CtrlOp.MEMBERS,
+        "token_put": CtrlOp.TOKEN_PUT, "token_revoke": CtrlOp.TOKEN_REVOKE}
+_ROLE_NUMBERS = {name: num for num, name in ROLES.items()}
 
 
 class ShardServiceMixin:
@@ -106,6 +116,17 @@ class ShardServiceMixin:
         self.configs.note(cfg)
         return {"config": cfg.to_dict(), "controller": self.controller_addrs()}
 
+    async def ctrl_tokens(self, since: int, *, timeout_s: float) -> dict[str, Any]:
+        """The token table (names, roles, hashes) and its version, from the controller's
+        leader; only the version if it is still ``since``."""
+        r, _ = self._ctrl()
+        await r.read_barrier(timeout_s=timeout_s)
+        version, tokens = self._ctrl()[1].tokens()
+        if version == since:
+            return {"version": version, "unchanged": True}
+        return {"version": version, "tokens": [
+            {"name": n, "role": ROLES[role], "hash": h} for n, (h, role) in sorted(tokens.items())]}
+
     async def _latest(self, timeout_s: float) -> Configuration:
         r, _ = self._ctrl()
         await r.read_barrier(timeout_s=timeout_s)
@@ -132,6 +153,18 @@ class ShardServiceMixin:
             return CtrlCommand(op, gid=req_int(doc, "gid", 1), members=ms)
         if op == CtrlOp.LEAVE:
             return CtrlCommand(op, gid=req_int(doc, "gid", 1))
+        if op in TOKEN_OPS:
+            name = opt_str(doc, "name")
+            if name is None or not valid_token_name(name):
+                raise errors.InvalidArgument('a token needs "name": 1 to 64 of A-Z a-z 0-9 _ . -')
+            if op == CtrlOp.TOKEN_REVOKE:
+                return CtrlCommand(op, key=name)
+            role = _ROLE_NUMBERS.get(str(doc.get("role")))
+            h = opt_str(doc, "hash")
+            if role is None or h is None:
+                raise errors.InvalidArgument('token_put needs "hash" (the SHA-256 of the '
+                                             'token, hex) and "role": read, write or admin')
+            return CtrlCommand(op, key=name, token_hash=h.lower(), role=role)
         if op == CtrlOp.MOVE:
             key = opt_str(doc, "key")
             if key is not None:
@@ -200,14 +233,16 @@ class ShardServiceMixin:
                 limit = min(req_int(doc, "limit", 1), MAX_EXPORT_SESSIONS)
                 sc = await loop.run_in_executor(None, st.export_sessions, num, iv, to, after,
                                                 limit)
-                return {"sessions": [[c, a, [list(x) for x in rs]] for c, a, rs in sc.sessions],
+                sessions = [[c, a, [list(x) for x in rs]] for c, a, rs in sc.sessions]
+                return {"sessions": sessions, "sha256": chunk_digest(sessions),
                         "next_cursor": sc.next_cursor, "last": sc.last}
             max_bytes = min(req_int(doc, "max_bytes", 1), MAX_EXPORT_BYTES)
             # read off the event loop: a chunk is up to max_bytes of rows
             kc = await loop.run_in_executor(None, st.export_keys, num, iv, to, after, max_bytes)
         except NotOwned as e:
             raise errors.NotReady(f"configuration {num} not taken here yet (at {e.num})") from None
-        return {"items": [list(kv) for kv in kc.items], "last": kc.last}
+        items = [list(kv) for kv in kc.items]
+        return {"items": items, "sha256": chunk_digest(items), "last": kc.last}
 
     async def range_installed(self, doc: dict[str, Any]) -> dict[str, Any]:
         st = self._data(req_int(doc, "gid", 1))

@@ -28,6 +28,8 @@ FORMAT_VERSION = "ctrl-1"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS configs (num INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (name TEXT PRIMARY KEY, hash TEXT NOT NULL,
+                                   role INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;
 """
 
@@ -46,18 +48,24 @@ class ControllerStore(MetaTable):
                                    f"(format {meta['format_version']})")
             configs = [Configuration.from_dict(json.loads(doc)) for _, doc in
                        c.execute("SELECT num, doc FROM configs ORDER BY num")]
+            tokens = {n: (str(h), int(r)) for n, h, r in
+                      c.execute("SELECT name, hash, role FROM tokens")}
+            tokens_version = int(meta.get("tokens_version", "0"))
         except (sqlite3.DatabaseError, ValueError) as e:
             raise CorruptState(f"{self.path}: {e}") from e
         self.machine = ControllerMachine(history_keep=history_keep)
         if configs:
             self.machine.load(configs)
+        self.machine.load_tokens(tokens_version, tokens)
         self._published: tuple[Configuration, ...] = tuple(self.machine.configurations())
+        self._tokens = (tokens_version, tokens)
 
     def apply_batch(self, entries: Sequence[Entry]) -> list[CtrlResult]:
         if not entries:
             return []
         m = self.machine
         results: list[CtrlResult] = []
+        tokens_changed = False
         with transaction(self.conn):
             for e in entries:
                 if e.kind != EntryKind.NORMAL or not e.data:
@@ -68,12 +76,22 @@ class ControllerStore(MetaTable):
                     cfg = m.latest()
                     self.conn.execute("INSERT OR REPLACE INTO configs (num, doc) VALUES (?, ?)",
                                       (cfg.num, json.dumps(cfg.to_dict(), separators=(",", ":"))))
+                tokens_changed = tokens_changed or res.tokens_changed
                 results.append(res)
             oldest = m.configurations()[0].num
             self.conn.execute("DELETE FROM configs WHERE num < ?", (oldest,))
             last = entries[-1]
-            self._write_meta({"applied_index": str(last.index), "applied_term": str(last.term)})
+            meta = {"applied_index": str(last.index), "applied_term": str(last.term)}
+            if tokens_changed:
+                tokens = m.tokens()
+                self.conn.execute("DELETE FROM tokens")
+                self.conn.executemany("INSERT INTO tokens (name, hash, role) VALUES (?, ?, ?)",
+                                      [(n, h, r) for n, (h, r) in sorted(tokens.items())])
+                meta["tokens_version"] = str(m.tokens_version)
+            self._write_meta(meta)
         self._published = tuple(m.configurations())
+        if tokens_changed:
+            self._tokens = (m.tokens_version, m.tokens())
         return results
 
     # --- readers (event loop) ------------------------------------------------------------
@@ -91,6 +109,10 @@ class ControllerStore(MetaTable):
             return None
         cfg = pub[num - first]
         return cfg if cfg.num == num else None
+
+    def tokens(self) -> tuple[int, dict[str, tuple[str, int]]]:
+        """(tokens_version, {name: (sha256, role)}) after the last applied batch."""
+        return self._tokens
 
     def checkpoint(self) -> None:
         """Checkpoint the WAL on the writer's connection, between two applies (see

@@ -20,9 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kvraft import certs as certs_mod
+from kvraft.admin import ShardAdmin
 from kvraft.bootstrap import bootstrap, wait_groups_at
+from kvraft.client import AsyncClient, Client
 from kvraft.config import ReplicaSettings
 from kvraft.testing.moto import free_port
+from kvraft.transport.tls import TLS, TLSFiles, context, url
 
 _RAFT = ReplicaSettings()
 
@@ -52,7 +56,8 @@ class LocalCluster:
                  ports: dict[int, int] | None = None,
                  groups: tuple[int, ...] = (0, 1), first_id: int = 1,
                  controller: list[str] | None = None, secret: str | None = None,
-                 bootstrap: bool = True) -> None:
+                 bootstrap: bool = True, tls: bool = False, auth: bool = False,
+                 certs: Path | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.ids = list(range(first_id, first_id + nodes))
@@ -68,6 +73,25 @@ class LocalCluster:
                      "--heartbeat-ticks", str(heartbeat_ticks), *(extra_args or [])]
         self.env = dict(os.environ if env is None else env)
         self.env.update({"KVRAFT_SECRET": self.secret, "PYTHONUNBUFFERED": "1"})
+        self.certs = (certs or self.root / "certs") if tls else None
+        """With ``tls``: the cluster CA and one certificate per node (mutual TLS), and
+        an ``admin`` client certificate for this harness's own calls."""
+        self.tls: TLS | None = None
+        if self.certs is not None:
+            if not (self.certs / certs_mod.CA_CERT).exists():
+                certs_mod.init_ca(self.certs)
+            if not (self.certs / "client-admin.crt").exists():
+                certs_mod.issue_client(self.certs, "admin")
+            self.tls = TLS(TLSFiles(self.certs / certs_mod.CA_CERT,
+                                    self.certs / "client-admin.crt",
+                                    self.certs / "client-admin.key"))
+        self.auth = auth
+        self.token: str | None = None
+        """With ``auth``: an admin token made once the controller serves (clients of
+        this harness use it; the harness's own calls use the cluster secret)."""
+        self.args += ["--enable-fault-injection", "--auth" if auth else "--no-auth"]
+        if self.certs is None:
+            self.args.append("--insecure")
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.paused: set[int] = set()
         self.bootstrap_ids = list(self.ids)
@@ -106,9 +130,53 @@ class LocalCluster:
         wait until they serve; returns the configuration number."""
         groups = {g: self.members() for g in self.data_groups}
         groups.update(extra or {})
-        num = bootstrap(self.controller, self.secret, groups, timeout_s=timeout_s)
-        wait_groups_at(self.addr_list, self.data_groups, num, timeout_s)
+        num = bootstrap(self.controller, self.secret, groups, timeout_s=timeout_s, tls=self.tls)
+        wait_groups_at(self.addr_list, self.data_groups, num, timeout_s, secret=self.secret,
+                       tls=self.tls)
+        if self.auth and self.token is None:
+            self.token = self.admin().token_create("harness", "admin")
+            self.wait_token_known(self.token)
         return num
+
+    def admin(self) -> ShardAdmin:
+        """An operator's handle on the controller (with the cluster secret)."""
+        return ShardAdmin(self.controller, self.secret, tls=self.tls)
+
+    def client(self, addresses: list[str] | None = None, **kwargs: Any) -> Client:
+        """A :class:`kvraft.Client` for this cluster (TLS and the token if on)."""
+        kwargs.setdefault("tls", self.tls)
+        kwargs.setdefault("token", self.token)
+        return Client(addresses or self.addr_list, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> AsyncClient:
+        kwargs.setdefault("tls", self.tls)
+        kwargs.setdefault("token", self.token)
+        return AsyncClient(self.addr_list, **kwargs)
+
+    def token_works(self, i: int, token: str) -> bool:
+        """Whether node i accepts ``token`` (for a read of the shard map)."""
+        req = urllib.request.Request(url(self.tls, self.addrs[i], "/v1/shards"),
+                                     headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=2.0, context=context(self.tls)):
+                return True
+        except urllib.error.HTTPError as e:
+            if e.code == 401:
+                return False
+            raise
+
+    def wait_token_known(self, token: str, known: bool = True, timeout_s: float = 30.0,
+                         nodes: list[int] | None = None) -> None:
+        """Wait until every running node accepts (or refuses) ``token``."""
+        deadline = time.monotonic() + timeout_s
+        todo = set(nodes or [i for i in self.ids if self.running(i)])
+        while todo and time.monotonic() < deadline:
+            todo = {i for i in todo if self.token_works(i, token) != known}
+            if todo:
+                time.sleep(0.05)
+        if todo:
+            raise ClusterError(f"nodes {sorted(todo)} still {'refuse' if known else 'accept'} "
+                               "the token")
 
     def ctrl(self, op: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
         """Send one controller command (``{"op": "move", ...}``) through any member."""
@@ -137,7 +205,8 @@ class LocalCluster:
         if i in self.procs and self.procs[i].poll() is None:
             raise ClusterError(f"node {i} is already running")
         argv = [sys.executable, "-m", "kvraft", "serve", "--id", str(i),
-                "--listen", self.addrs[i], "--data-dir", str(self.data_dir(i)), *self.args]
+                "--listen", self.addrs[i], "--data-dir", str(self.data_dir(i)), *self.args,
+                *self._tls_args(i)]
         if i in self.joined:
             argv += ["--join", self.joined[i]]
         else:
@@ -151,6 +220,19 @@ class LocalCluster:
             self.procs[i] = subprocess.Popen(argv, env=self.env, stdout=log,
                                              stderr=subprocess.STDOUT)
         self.paused.discard(i)
+
+    def _tls_args(self, i: int) -> list[str]:
+        if self.certs is None:
+            return []
+        crt = self.certs / f"node-{i}.crt"
+        if not crt.exists():
+            certs_mod.issue_node(self.certs, i, ["127.0.0.1", "localhost"])
+        return ["--tls-ca", str(self.certs / certs_mod.CA_CERT), "--tls-cert", str(crt),
+                "--tls-key", str(self.certs / f"node-{i}.key")]
+
+    def url(self, i: int, path: str = "") -> str:
+        """``http(s)://`` node i's address and ``path``."""
+        return url(self.tls, self.addrs[i], path)
 
     def new_node(self, via: int | None = None, *, start: bool = True) -> int:
         """A new node (the next free id) started with ``--join``: it hosts this cluster's
@@ -262,11 +344,11 @@ class LocalCluster:
     def _request_addr(self, addr: str, method: str, path: str, body: Any = None,
                       timeout_s: float = 2.0) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://{addr}{path}", data=data, method=method,
+        req = urllib.request.Request(url(self.tls, addr, path), data=data, method=method,
                                      headers={"X-Kvraft-Secret": self.secret,
                                               "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            with urllib.request.urlopen(req, timeout=timeout_s, context=context(self.tls)) as r:
                 return r.status, json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             raw = e.read()

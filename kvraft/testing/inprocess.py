@@ -20,7 +20,7 @@ async def single_node(data_dir: Path, settings: NodeSettings | None = None) -> N
     await node.start()
     try:
         num = await asyncio.to_thread(bootstrap, [addr], "s", {1: {1: addr}})
-        await asyncio.to_thread(wait_groups_at, [addr], [1], num)
+        await asyncio.to_thread(wait_groups_at, [addr], [1], num, secret="s")
     except BaseException:
         await node.stop()
         raise

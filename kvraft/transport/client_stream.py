@@ -38,6 +38,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from kvraft import errors
 from kvraft.config import Limits
 from kvraft.kv.commands import Op
+from kvraft.transport.auth import Role, request_role
 from kvraft.transport.http_api import (
     KVService,
     Observe,
@@ -72,7 +73,7 @@ class ClientStreamAPI:
         ws = web.WebSocketResponse(max_msg_size=self.limits.stream_max_message_bytes,
                                    heartbeat=10.0, compress=False)
         await ws.prepare(request)
-        conn = _Stream(self, ws)
+        conn = _Stream(self, ws, may_write=request_role(request) >= Role.WRITE)
         self.active.add(conn)
         try:
             await conn.serve()
@@ -86,7 +87,7 @@ class ClientStreamAPI:
         for conn in list(self.active):
             await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"node stopping")
 
-    async def answer(self, req: Any) -> list[Any]:
+    async def answer(self, req: Any, may_write: bool = True) -> list[Any]:
         """``[id, status, body]`` for one request (never raises)."""
         t0 = time.perf_counter()
         if not isinstance(req, list) or len(req) != FIELDS or not isinstance(req[0], int):
@@ -103,6 +104,9 @@ class ClientStreamAPI:
                 status, body = ((200, {"key": key, "value": got}) if got is not None else
                                 (404, {"error": "not_found", "key": key,
                                        "message": "key not found"}))
+            elif op in OPS and not may_write:
+                status, body = 403, {"error": "forbidden", "message": f"{op} needs the write "
+                                     "role; the token has read"}
             elif op in OPS:
                 cmd = command(self.limits, OPS[op], key, value, cid, seq or None, ack, num or None)
                 res = write_result(await self.service.write(cmd, timeout_s=timeout_s))
@@ -125,9 +129,11 @@ class _Unreadable(Exception):
 class _Stream:
     """One client's websocket: reads requests, serves them concurrently, batches answers."""
 
-    def __init__(self, api: ClientStreamAPI, ws: web.WebSocketResponse) -> None:
+    def __init__(self, api: ClientStreamAPI, ws: web.WebSocketResponse, may_write: bool
+                 ) -> None:
         self.api = api
         self.ws = ws
+        self.may_write = may_write
         self.out: list[Any] = []
         self.wake = asyncio.Event()
         self.room = asyncio.Semaphore(api.limits.stream_max_inflight)
@@ -170,7 +176,7 @@ class _Stream:
 
     async def _one(self, req: Any) -> None:
         try:
-            ans = await self.api.answer(req)  # (not out.append(await ...): out is swapped)
+            ans = await self.api.answer(req, self.may_write)  # (not out.append(await ...): out is swapped)
         except _Unreadable as e:
             rid = req[0] if isinstance(req, list) and req and isinstance(req[0], int) else None
             if rid is None:

@@ -74,9 +74,12 @@ def _dec_msg(raw: Any) -> Message:
                    _int(commit), bool(reject), _int(hint), _int(ctx), entries, snapshot)
 
 
-def decode_frame(data: bytes) -> tuple[int, list[Message]]:
+def decode_frame(data: bytes, max_items: int = 200_000) -> tuple[int, list[Message]]:
+    """The group and messages of a frame; raises WireError, never anything else. At
+    most ``max_items`` messages in the frame, and entries in a message."""
     try:
-        raw = msgpack.unpackb(data, raw=False)
+        raw = msgpack.unpackb(data, raw=False, max_array_len=max_items, max_map_len=0,
+                              max_ext_len=0)
     except Exception as e:  # msgpack raises several unrelated types
         raise WireError(f"undecodable frame: {e}") from e
     if not isinstance(raw, list) or len(raw) != 3:

@@ -31,6 +31,7 @@ from kvraft import errors
 from kvraft.config import Limits
 from kvraft.kv.commands import Command, Op
 from kvraft.kv.machine import Result, Status
+from kvraft.transport.auth import Role, request_role
 
 log = logging.getLogger("kvraft.http")
 
@@ -91,7 +92,8 @@ def error_response(exc: BaseException, request: web.Request | None = None) -> we
     target = body.get("leader") or body.get("redirect")
     if status != 307 or not isinstance(target, str):
         return _json(status, body)
-    headers = {"Location": f"http://{target}{request.path_qs if request is not None else ''}"}
+    scheme = request.scheme if request is not None else "http"
+    headers = {"Location": f"{scheme}://{target}{request.path_qs if request is not None else ''}"}
     if "leader" in body:
         headers[LEADER_HEADER] = target
     return _json(status, body, headers)
@@ -282,7 +284,15 @@ class ClientAPI:
         return _json(200, {"ok": True, "deleted": result.existed})
 
     async def handle_status(self, request: web.Request) -> web.StreamResponse:
-        return _json(200, self.service.status())
+        doc = self.service.status()
+        if request_role(request) >= Role.ADMIN:
+            return _json(200, doc)
+        # Below admin: who leads what, and how far each replica is (no addresses of
+        # peers, no backup or transport details).
+        keep = ("role", "term", "leader", "commit", "applied", "member")
+        return _json(200, {"node": doc.get("node"), "groups": {
+            g: {k: v for k, v in st.items() if k in keep}
+            for g, st in doc.get("groups", {}).items()}})
 
     async def handle_health(self, request: web.Request) -> web.StreamResponse:
         return _json(200, {"ok": True})

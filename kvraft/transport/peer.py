@@ -26,13 +26,16 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from kvraft.config import Limits
 from kvraft.raft.types import Message
+from kvraft.transport import tls as tlsmod
+from kvraft.transport.auth import SECRET_HEADER
 from kvraft.transport.codec import WireError, decode_frame, encode_frame
 
 log = logging.getLogger("kvraft.transport")
 
 STREAM_PATH = "/raft/v1/stream"
-SECRET_HEADER = "X-Kvraft-Secret"
+
 NODE_HEADER = "X-Kvraft-Node"
 ADDR_HEADER = "X-Kvraft-Addr"
 """The sender's own HOST:PORT: a node that joins a group learns how to answer its
@@ -126,8 +129,9 @@ class _PeerLink:
         if self.t.listen:
             headers[ADDR_HEADER] = self.t.listen
         ws = await asyncio.wait_for(
-            session.ws_connect(f"http://{self.addr}{STREAM_PATH}", headers=headers,
-                               heartbeat=2.0, max_msg_size=0), self.t.connect_timeout_s)
+            session.ws_connect(tlsmod.url(self.t.tls, self.addr, STREAM_PATH), headers=headers,
+                               heartbeat=2.0, max_msg_size=self.t.limits.peer_max_frame_bytes),
+            self.t.connect_timeout_s)
         async with ws:
             self.connected = True
             reader = asyncio.get_running_loop().create_task(self._watch_close(ws))
@@ -162,20 +166,27 @@ class _PeerLink:
             return
         if faults.delay_ms > 0:
             await asyncio.sleep(faults.rng.uniform(0, faults.delay_ms) / 1000)
+        budget = self.t.limits.peer_max_frame_bytes // 2  # room for the encoding's overhead
+        items = self.t.limits.peer_max_frame_items
         for g, msgs in by_group.items():
             if faults.loss > 0 and faults.rng.random() < faults.loss:
                 self.t.stats.msgs_dropped += len(msgs)
                 continue
-            await ws.send_bytes(encode_frame(g, msgs))
-            self.t.stats.frames_sent += 1
+            for part in _frames(msgs, budget, items):
+                await ws.send_bytes(encode_frame(g, part))
+                self.t.stats.frames_sent += 1
 
 
 class PeerTransport:
     def __init__(self, *, node_id: int, secret: str, deliver: Deliver,
                  unreachable: Callable[[int, int], None] | None = None,
                  max_queue_msgs: int = 10_000, connect_timeout_s: float = 2.0,
-                 listen: str = "", learn: Callable[[int, str], None] | None = None) -> None:
+                 listen: str = "", learn: Callable[[int, str], None] | None = None,
+                 tls: tlsmod.TLS | None = None, limits: Limits | None = None) -> None:
         self.listen = listen
+        self.tls = tls
+        self.limits = limits or Limits()
+        """With TLS, peers connect with their node certificates (mutual TLS)."""
         self.learn = learn
         """Called with (peer, address) when a peer this node has no link to connects."""
         if not secret:
@@ -196,8 +207,8 @@ class PeerTransport:
         app.router.add_get(STREAM_PATH, self._handle_stream)
 
     async def start(self) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False))
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            limit=0, force_close=False, ssl=tlsmod.client_ssl(self.tls)))
 
     def set_peer(self, peer: int, addr: str) -> None:
         link = self.links.get(peer)
@@ -220,37 +231,52 @@ class PeerTransport:
                 continue
             link.enqueue(group, ms)
 
-    def authorized(self, request: web.Request) -> bool:
+    def has_secret(self, request: web.Request) -> bool:
+        """The request carries the cluster secret (an operator's or a node's call)."""
         got = request.headers.get(SECRET_HEADER, "")
         return hmac.compare_digest(got.encode(), self.secret.encode())
 
-    async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
+    def authorized(self, request: web.Request) -> bool:
+        """A call from a node of the cluster: the cluster secret and, with TLS, a node
+        certificate signed by the cluster CA."""
+        return self.has_secret(request) and (
+            self.tls is None or tlsmod.peer_node_id(request) is not None)
+
+    def check_sender(self, request: web.Request) -> int:
+        """The id of the node sending ``request`` (``X-Kvraft-Node``), which must be a
+        node of the cluster and, with TLS, the node its certificate names."""
         if not self.authorized(request):
-            raise web.HTTPUnauthorized(text=json.dumps(
-                {"error": "unauthorized",
-                 "message": "peer request without a valid cluster secret"}),
-                content_type="application/json")
-        try:
-            sender = int(request.headers.get(NODE_HEADER, ""))
-        except ValueError:
-            raise web.HTTPBadRequest(text=json.dumps(
-                {"error": "bad_request", "message": f"missing or invalid {NODE_HEADER}"}),
-                content_type="application/json") from None
+            raise _refused(web.HTTPUnauthorized, "peer request without a valid cluster secret"
+                           + ("" if self.tls is None else " and node certificate"))
+        raw = request.headers.get(NODE_HEADER, "")
+        if not (raw.isascii() and raw.isdigit()):
+            raise _refused(web.HTTPBadRequest, f"missing or invalid {NODE_HEADER}")
+        sender = int(raw)
+        if self.tls is not None and tlsmod.peer_node_id(request) != sender:
+            raise _refused(web.HTTPForbidden, f"the certificate does not name node {sender}")
+        return sender
+
+    async def _handle_stream(self, request: web.Request) -> web.StreamResponse:
+        sender = self.check_sender(request)
         addr = request.headers.get(ADDR_HEADER, "")
         if sender not in self.links and addr and self.learn is not None and sender != self.node_id:
             self.learn(sender, addr)
-        ws = web.WebSocketResponse(heartbeat=2.0, max_msg_size=0)
+        ws = web.WebSocketResponse(heartbeat=2.0, max_msg_size=self.limits.peer_max_frame_bytes)
         await ws.prepare(request)
         self._inbound.add(ws)
         try:
             async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.ERROR:  # too large: aiohttp closed it (1009)
+                    self.stats.bad_frames += 1
+                    log.warning("closing the stream from node %s: %s", sender, ws.exception())
+                    break
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     continue
                 if sender in self.faults.blocked_in:
                     continue
                 self.stats.frames_received += 1
                 try:
-                    group, msgs = decode_frame(msg.data)
+                    group, msgs = decode_frame(msg.data, self.limits.peer_max_frame_items)
                 except WireError as e:
                     self.stats.bad_frames += 1
                     log.warning("dropping bad frame from node %s: %s", sender, e)
@@ -275,3 +301,27 @@ class PeerTransport:
             await ws.close()
         if self.session is not None:
             await self.session.close()
+
+
+def _frames(msgs: list[Message], budget: int, items: int) -> list[list[Message]]:
+    """``msgs`` in runs of at most ``items`` messages and about ``budget`` bytes of
+    entries each (a single larger message goes alone)."""
+    out: list[list[Message]] = []
+    cur: list[Message] = []
+    size = 0
+    for m in msgs:
+        n = sum(len(e.data) + 32 for e in m.entries)
+        if cur and (size + n > budget or len(cur) >= items):
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(m)
+        size += n
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _refused(cls: type[web.HTTPException], message: str) -> web.HTTPException:
+    code = {401: "unauthorized", 403: "forbidden"}.get(cls.status_code, "bad_request")
+    return cls(text=json.dumps({"error": code, "message": message}),
+               content_type="application/json")

@@ -1,6 +1,6 @@
 """HTTP routes of a sharded cluster: the shard map, scans, the controller, range transfer.
 
-Client routes (no secret):
+Client routes (the read role):
 
 - ``GET  /v1/shards[?fresh=1]``  the newest configuration this node knows (``fresh``:
   ask the controller first) and the controller's addresses
@@ -10,13 +10,16 @@ Client routes (no secret):
 - ``GET  /v1/ctrl/config?num=N``  configuration N (``-1``: the latest), from the
   controller's leader
 
-Operator routes (cluster secret in ``X-Kvraft-Secret``):
+Operator routes (the admin role, ``kvraft.transport.auth``):
 
 - ``POST /v1/ctrl/command``  JSON ``{"op": "join"|"leave"|"move"|"split"|"merge",
   ...}``: one controller command; answers the new configuration number
 - ``POST /v1/ctrl/plan``  JSON ``{"apply": bool}``: the rebalance plan, applied if asked
+- ``GET  /v1/ctrl/tokens[?since=V]``  the token table ``{"version", "tokens": [{"name",
+  "role", "hash"}]}`` (just the version if still ``V``); ``token_put``/``token_revoke``
+  are commands (``{"op": "token_put", "name", "role", "hash"}``)
 
-Peer routes between groups (cluster secret):
+Peer routes between groups (the peer role):
 
 - ``POST /v1/internal/pull``  the next chunk of a frozen outgoing range (keys, then
   client sessions), bounded in bytes; 409 ``not_ready`` if not frozen here yet
@@ -28,7 +31,6 @@ Every error is a JSON body with a 4xx/5xx status (see ``http_api.error_response`
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -36,11 +38,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from kvraft import errors
+from kvraft.config import Limits
 from kvraft.transport.http_api import Observe, error_response
-
-SECRET_HEADER = "X-Kvraft-Secret"
-MAX_JSON_BYTES = 1 << 20
-MAX_SCAN_LIMIT = 10_000
 
 
 class ShardService(Protocol):
@@ -51,6 +50,7 @@ class ShardService(Protocol):
                    num: int) -> dict[str, Any]: ...
     async def ctrl_query(self, num: int, *, timeout_s: float) -> dict[str, Any]: ...
     async def ctrl_command(self, doc: dict[str, Any], *, timeout_s: float) -> dict[str, Any]: ...
+    async def ctrl_tokens(self, since: int, *, timeout_s: float) -> dict[str, Any]: ...
     async def ctrl_plan(self, apply: bool, *, timeout_s: float) -> dict[str, Any]: ...
     async def export_range(self, doc: dict[str, Any]) -> dict[str, Any]: ...
     async def range_installed(self, doc: dict[str, Any]) -> dict[str, Any]: ...
@@ -106,11 +106,11 @@ def req_int(doc: dict[str, Any], name: str, lo: int = 0, hi: int = MAX_ID) -> in
 
 
 class ShardAPI:
-    def __init__(self, service: ShardService, secret: str, *, request_timeout_s: float,
+    def __init__(self, service: ShardService, limits: Limits,
                  observe: Observe | None = None) -> None:
         self.service = service
-        self.secret = secret
-        self.timeout_s = request_timeout_s
+        self.limits = limits
+        self.timeout_s = limits.request_timeout_s
         self.observe = observe
 
     def add_routes(self, app: web.Application) -> None:
@@ -118,19 +118,16 @@ class ShardAPI:
         r.add_get("/v1/shards", self._wrap(self.handle_shards))
         r.add_get("/v1/scan", self._wrap(self.handle_scan))
         r.add_get("/v1/ctrl/config", self._wrap(self.handle_config))
-        r.add_post("/v1/ctrl/command", self._wrap(self.handle_command, secret=True))
-        r.add_post("/v1/ctrl/plan", self._wrap(self.handle_plan, secret=True))
-        r.add_post("/v1/internal/pull", self._wrap(self.handle_pull, secret=True))
-        r.add_post("/v1/internal/installed", self._wrap(self.handle_installed, secret=True))
-        r.add_get("/v1/internal/stats", self._wrap(self.handle_stats, secret=True))
+        r.add_get("/v1/ctrl/tokens", self._wrap(self.handle_tokens))
+        r.add_post("/v1/ctrl/command", self._wrap(self.handle_command))
+        r.add_post("/v1/ctrl/plan", self._wrap(self.handle_plan))
+        r.add_post("/v1/internal/pull", self._wrap(self.handle_pull))
+        r.add_post("/v1/internal/installed", self._wrap(self.handle_installed))
+        r.add_get("/v1/internal/stats", self._wrap(self.handle_stats))
 
-    def _wrap(self, h: Callable[[web.Request], Awaitable[web.StreamResponse]],
-              secret: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _wrap(self, h: Callable[[web.Request], Awaitable[web.StreamResponse]]
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            if secret and not hmac.compare_digest(
-                    request.headers.get(SECRET_HEADER, "").encode(), self.secret.encode()):
-                return _json(401, {"error": "unauthorized",
-                                   "message": "this call needs the cluster secret"})
             try:
                 return await h(request)
             except web.HTTPException:
@@ -140,7 +137,7 @@ class ShardAPI:
         return handler
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        return await json_body(request, MAX_JSON_BYTES)
+        return await json_body(request, self.limits.max_json_bytes)
 
     @staticmethod
     def _qint(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -173,7 +170,8 @@ class ShardAPI:
     async def handle_scan(self, request: web.Request) -> web.StreamResponse:
         start = opt_str({"start": request.query.get("start", "")}, "start") or ""
         end = opt_str({"end": request.query.get("end") or None}, "end")
-        limit = self._qint(request, "limit", 1000, 1, MAX_SCAN_LIMIT)
+        limit = self._qint(request, "limit", min(1000, self.limits.max_scan_limit), 1,
+                           self.limits.max_scan_limit)
         num = self._qint(request, "num", 0, 0, MAX_ID)
         if "num" not in request.query:
             num = self._qint_header(request)
@@ -185,6 +183,10 @@ class ShardAPI:
     async def handle_config(self, request: web.Request) -> web.StreamResponse:
         num = self._qint(request, "num", -1, -1, MAX_ID)
         return _json(200, await self.service.ctrl_query(num, timeout_s=self.timeout_s))
+
+    async def handle_tokens(self, request: web.Request) -> web.StreamResponse:
+        since = self._qint(request, "since", -1, -1, 2**62)
+        return _json(200, await self.service.ctrl_tokens(since, timeout_s=self.timeout_s))
 
     async def handle_command(self, request: web.Request) -> web.StreamResponse:
         doc = await self._body(request)

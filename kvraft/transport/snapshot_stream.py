@@ -24,6 +24,7 @@ from aiohttp import web
 
 from kvraft.raft.types import ConfState, Message, MsgType, SnapshotMeta
 from kvraft.transport.peer import NODE_HEADER, SECRET_HEADER, PeerTransport
+from kvraft.transport.tls import url
 
 log = logging.getLogger("kvraft.snapshot")
 
@@ -69,7 +70,7 @@ async def send_snapshot(transport: PeerTransport, addr: str, group: int, msg: Me
         "X-Kvraft-Sha256": sha256, "Content-Type": "application/octet-stream",
     }
     async with transport.session.post(
-            f"http://{addr}{SNAPSHOT_PATH}", data=_file_chunks(path), headers=headers,
+            url(transport.tls, addr, SNAPSHOT_PATH), data=_file_chunks(path), headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)) as r:
         body = await r.text()
         if r.status != 200:
@@ -91,9 +92,8 @@ class SnapshotReceiver:
         return web.json_response({"error": "bad_request" if status == 400 else "refused",
                                   "message": message}, status=status)
 
-    def _parse(self, request: web.Request) -> tuple[int, Message, int, str]:
+    def _parse(self, request: web.Request, sender: int) -> tuple[int, Message, int, str]:
         h = request.headers
-        sender = int(h[NODE_HEADER])
         group = int(h["X-Kvraft-Group"])
         conf_doc = json.loads(h["X-Kvraft-Snapshot-Conf"])
         conf = ConfState(frozenset(int(v) for v in conf_doc["voters"]),
@@ -108,12 +108,14 @@ class SnapshotReceiver:
         return group, msg, size, digest
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if not self.t.authorized(request):
-            return self._bad("snapshot without a valid cluster secret", 401)
+        sender = self.t.check_sender(request)  # the secret, and with TLS the node's own cert
         try:
-            group, msg, size, digest = self._parse(request)
+            group, msg, size, digest = self._parse(request, sender)
         except (KeyError, ValueError, TypeError) as e:
             return self._bad(f"malformed snapshot headers: {e}")
+        if size > self.t.limits.max_snapshot_bytes:
+            return self._bad(f"snapshot of {size} bytes is over max_snapshot_bytes "
+                             f"({self.t.limits.max_snapshot_bytes})", 413)
         spool = self.spool_dir(group)
         if spool is None:
             return self._bad(f"no replica of group {group} here", 404)
