@@ -555,3 +555,19 @@ def test_a_change_without_a_live_majority_of_the_new_voters_is_refused() -> None
     with pytest.raises(ProposalDropped, match="no live majority"):
         lead.propose_conf(conf({1, 3}))
     lead.propose_conf(conf({1, 2}))  # removing the dead one is fine
+
+
+def test_a_forged_append_answer_beyond_the_log_moves_nothing() -> None:
+    """An APP_RESP for an index the leader never had (or one "from" the leader itself)
+    neither raises a follower's match past the log nor commits anything."""
+    c = started(3)
+    lead = c.core(1)
+    last, committed = lead.log.last_index(), lead.log.committed
+    match = {p: pr.match for p, pr in lead.prs.items()}
+    lead.step(Message(MsgType.APP_RESP, to=1, frm=2, term=lead.term, index=last + 10**6))
+    lead.step(Message(MsgType.APP_RESP, to=1, frm=1, term=lead.term, index=last + 10**6))
+    assert {p: pr.match for p, pr in lead.prs.items()} == match
+    assert lead.log.committed == committed
+    c.run("propose 1 b quiet=true")
+    c.stabilize()
+    assert lead.log.committed == last + 1  # the group still commits

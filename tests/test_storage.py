@@ -88,3 +88,38 @@ def test_compact_at_or_below_the_log_start_keeps_the_log(tmp_path: Path) -> None
     assert loaded.snapshot == SnapshotMeta(9, 1, conf)
     with pytest.raises(CorruptLog):
         s.compact(SnapshotMeta(9, 1, conf), (6, 2))  # the stored entry 6 has term 1
+
+
+def _filled_state(path: Path) -> None:
+    from kvraft.kv.commands import Command, Op
+    from kvraft.storage.statedb import StateStore
+
+    st = StateStore(path, gid=None)
+    st.apply_batch([Entry(i, 1, Command(Op.PUT, f"k{i:05d}", "v" * 200).encode())
+                    for i in range(1, 2001)])
+    st.checkpoint()
+    st.close()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_a_damaged_state_db_is_refused_at_open(tmp_path: Path, damage: str) -> None:
+    from kvraft.storage.ctrlstate import ControllerStore
+    from kvraft.storage.statedb import CorruptState, StateStore
+
+    path = tmp_path / "state.db"
+    _filled_state(path)
+    data = bytearray(path.read_bytes())
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    if damage == "truncate":  # a torn copy: the last pages are gone
+        data = data[: len(data) // 2]
+    elif damage == "flip":  # a page inside the table's b-tree scribbled over
+        mid = (len(data) // 4096 // 2) * 4096
+        data[mid: mid + 64] = b"\xff" * 64
+    else:
+        data = bytearray(b"not a database at all" * 100)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptState, match="state.db"):
+        StateStore(path, gid=None)
+    with pytest.raises(CorruptState, match="state.db"):
+        ControllerStore(path)

@@ -307,6 +307,8 @@ def _handle_append_reject(r: RaftCore, m: Message) -> None:
 
 
 def _handle_append_success(r: RaftCore, m: Message) -> None:
+    if m.frm == r.id or m.index > r.log.last_index():
+        return  # (no follower holds more than the leader's log: a forged answer)
     pr = r.prs[m.frm]
     was_paused = pr.is_paused()
     if not pr.maybe_update(m.index):

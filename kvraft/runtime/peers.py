@@ -66,7 +66,8 @@ class GroupCaller:
                     status, doc = await self._once(addr, method, path, body, params,
                                                    deadline - time.monotonic(),
                                                    attempt_timeout_s)
-                except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
+                except (aiohttp.ClientError, TimeoutError, OSError, ValueError,
+                        RecursionError) as e:
                     last = f"{addr}: {type(e).__name__} {e}"
                     self._leader.pop(key, None)
                     break

@@ -21,7 +21,7 @@ from kvraft.ctrler.config import Configuration
 from kvraft.ctrler.machine import ControllerMachine, CtrlResult
 from kvraft.raft.types import Entry, EntryKind
 from kvraft.storage.metadb import MetaTable
-from kvraft.storage.sqlite_util import open_wal, transaction
+from kvraft.storage.sqlite_util import damaged, open_wal, transaction
 from kvraft.storage.statedb import CorruptState
 
 FORMAT_VERSION = "ctrl-1"
@@ -37,8 +37,11 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT RO
 class ControllerStore(MetaTable):
     def __init__(self, path: str | Path, *, history_keep: int = 1000) -> None:
         self.path = Path(path)
-        self.conn = c = open_wal(self.path, "NORMAL")
         try:
+            self.conn = c = open_wal(self.path, "NORMAL")
+            if (problem := damaged(c)) is not None:
+                c.close()
+                raise CorruptState(f"{self.path}: damaged ({problem})")
             c.executescript(_SCHEMA)
             meta = self._meta()
             if "format_version" not in meta:

@@ -25,6 +25,18 @@ def open_wal(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
+def damaged(conn: sqlite3.Connection) -> str | None:
+    """What ``PRAGMA quick_check`` finds wrong with the database (every page, every
+    record's format), or None if nothing: a torn or truncated file is refused at open,
+    not found half-way through a read."""
+    try:
+        rows = conn.execute("PRAGMA quick_check(5)").fetchall()
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    problems = [str(r[0]) for r in rows if r[0] != "ok"]
+    return "; ".join(problems) or None
+
+
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""

@@ -35,7 +35,7 @@ from kvraft.kv.shardcmd import SessionRecord
 from kvraft.kv.shards import Interval, ShardState
 from kvraft.raft.types import Entry, EntryKind
 from kvraft.storage.metadb import MetaTable
-from kvraft.storage.sqlite_util import open_wal, transaction
+from kvraft.storage.sqlite_util import damaged, open_wal, transaction
 
 FORMAT_VERSION = 1
 
@@ -100,8 +100,12 @@ class StateStore(MetaTable):
     def __init__(self, path: str | Path, *, gid: int | None = None,
                  max_sessions: int = 100_000) -> None:
         self.path = Path(path)
-        self.conn = c = open_wal(self.path, "NORMAL")
         try:
+            self.conn = c = open_wal(self.path, "NORMAL")
+            if (problem := damaged(c)) is not None:
+                c.close()
+                raise CorruptState(f"{self.path}: damaged ({problem}); restore the node "
+                                   "from a snapshot or a backup")
             c.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
             raise CorruptState(f"{self.path}: {e}") from e

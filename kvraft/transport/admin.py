@@ -50,7 +50,7 @@ class AdminAPI:
     async def _put(self, request: web.Request) -> web.Response:
         try:
             doc = json.loads(await request.read())
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _error(web.HTTPBadRequest, "body is not valid JSON") from None
         if not isinstance(doc, dict):
             raise _error(web.HTTPBadRequest, "body must be a JSON object")

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from kvraft.raft.types import ConfState, Entry, Message, MsgType, SnapshotMeta
+from kvraft.raft.types import ConfState, Entry, EntryKind, Message, MsgType, SnapshotMeta
 
 WIRE_VERSION = 1
 
@@ -37,9 +37,17 @@ def encode_frame(group_id: int, msgs: list[Message]) -> bytes:
     return out
 
 
+MAX_WIRE_INT = 1 << 62
+"""Every integer of a message (terms, indexes, ids) is in ``[0, 2**62)``: a term near
+2**64 would stop the replica that adopts it (SQLite and the entry checksum take 64-bit
+values), so such a frame is refused instead."""
+
+
 def _int(v: Any) -> int:
     if type(v) is not int:
         raise WireError(f"expected int, got {type(v).__name__}")
+    if not 0 <= v < MAX_WIRE_INT:
+        raise WireError(f"integer {v} out of range")
     return v
 
 
@@ -57,7 +65,10 @@ def _dec_msg(raw: Any) -> Message:
     for e in ents:
         if not isinstance(e, list) or len(e) != 4 or not isinstance(e[3], bytes):
             raise WireError("malformed entry")
-        entries.append(Entry(_int(e[0]), _int(e[1]), e[3], _int(e[2])))
+        kind = _int(e[2])
+        if kind not in (EntryKind.NORMAL, EntryKind.CONF):
+            raise WireError(f"unknown entry kind {kind}")
+        entries.append(Entry(_int(e[0]), _int(e[1]), e[3], kind))
     snapshot = None
     if snap is not None:
         if (not isinstance(snap, list) or len(snap) not in (4, 5) or not isinstance(snap[2], list)

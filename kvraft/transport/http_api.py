@@ -243,7 +243,7 @@ class ClientAPI:
         if request.content_type == "application/json":
             try:
                 doc = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise errors.InvalidArgument("body is not valid JSON") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("value"), str):
                 raise errors.InvalidArgument('JSON body must be {"value": "<string>"}')

@@ -252,6 +252,8 @@ class PeerTransport:
         if not (raw.isascii() and raw.isdigit()):
             raise _refused(web.HTTPBadRequest, f"missing or invalid {NODE_HEADER}")
         sender = int(raw)
+        if sender == self.node_id:
+            raise _refused(web.HTTPForbidden, f"node {sender} is this node")
         if self.tls is not None and tlsmod.peer_node_id(request) != sender:
             raise _refused(web.HTTPForbidden, f"the certificate does not name node {sender}")
         return sender
@@ -281,7 +283,7 @@ class PeerTransport:
                     self.stats.bad_frames += 1
                     log.warning("dropping bad frame from node %s: %s", sender, e)
                     continue
-                if any(m.frm != sender for m in msgs):
+                if any(m.frm != sender or m.to != self.node_id for m in msgs):
                     self.stats.bad_frames += 1
                     continue
                 self.deliver(group, msgs)

@@ -91,7 +91,7 @@ async def json_body(request: web.Request, max_bytes: int) -> dict[str, Any]:
         raise errors.TooLarge(f"body larger than {max_bytes} bytes")
     try:
         doc = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise errors.InvalidArgument("body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise errors.InvalidArgument("body must be a JSON object")

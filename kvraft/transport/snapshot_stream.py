@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from kvraft.raft.types import ConfState, Message, MsgType, SnapshotMeta
+from kvraft.transport.codec import MAX_WIRE_INT
 from kvraft.transport.peer import NODE_HEADER, SECRET_HEADER, PeerTransport
 from kvraft.transport.tls import url
 
@@ -77,6 +78,17 @@ async def send_snapshot(transport: PeerTransport, addr: str, group: int, msg: Me
             raise ConnectionError(f"snapshot refused by {addr}: {r.status} {body.strip()}")
 
 
+def _num(v: object) -> int:
+    """A header's (or the conf document's) integer, in the range the wire allows."""
+    if isinstance(v, str):
+        if not (v.isascii() and v.isdigit()):
+            raise ValueError(f"{v[:20]!r} is not a number")
+        v = int(v)
+    if type(v) is not int or not 0 <= v < MAX_WIRE_INT:
+        raise ValueError(f"{v!r} is not a number in [0, 2**62)")
+    return v
+
+
 class SnapshotReceiver:
     def __init__(self, transport: PeerTransport, spool_dir: SpoolDir,
                  on_snapshot: OnSnapshot) -> None:
@@ -94,24 +106,24 @@ class SnapshotReceiver:
 
     def _parse(self, request: web.Request, sender: int) -> tuple[int, Message, int, str]:
         h = request.headers
-        group = int(h["X-Kvraft-Group"])
+        group = _num(h["X-Kvraft-Group"])
         conf_doc = json.loads(h["X-Kvraft-Snapshot-Conf"])
-        conf = ConfState(frozenset(int(v) for v in conf_doc["voters"]),
-                         frozenset(int(v) for v in conf_doc.get("learners", [])))
-        meta = SnapshotMeta(int(h["X-Kvraft-Snapshot-Index"]), int(h["X-Kvraft-Snapshot-Term"]),
-                            conf)
-        msg = Message(MsgType.SNAP, to=self.t.node_id, frm=sender, term=int(h["X-Kvraft-Term"]),
-                      snapshot=meta)
-        size, digest = int(h["X-Kvraft-Size"]), h["X-Kvraft-Sha256"].lower()
-        if size < 0 or len(digest) != 64:
-            raise ValueError("bad size or sha256")
+        conf = ConfState(frozenset(_num(v) for v in conf_doc["voters"]),
+                         frozenset(_num(v) for v in conf_doc.get("learners", [])))
+        meta = SnapshotMeta(_num(h["X-Kvraft-Snapshot-Index"]),
+                            _num(h["X-Kvraft-Snapshot-Term"]), conf)
+        msg = Message(MsgType.SNAP, to=self.t.node_id, frm=sender,
+                      term=_num(h["X-Kvraft-Term"]), snapshot=meta)
+        size, digest = _num(h["X-Kvraft-Size"]), h["X-Kvraft-Sha256"].lower()
+        if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+            raise ValueError("bad sha256")
         return group, msg, size, digest
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         sender = self.t.check_sender(request)  # the secret, and with TLS the node's own cert
         try:
             group, msg, size, digest = self._parse(request, sender)
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as e:
             return self._bad(f"malformed snapshot headers: {e}")
         if size > self.t.limits.max_snapshot_bytes:
             return self._bad(f"snapshot of {size} bytes is over max_snapshot_bytes "
