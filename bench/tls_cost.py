@@ -68,7 +68,8 @@ def etcd_start(root: Path, tls: bool, ca: Path) -> tuple[list[subprocess.Popen[b
 async def _etcd_leader(endpoints: list[str], ca: Path | None) -> str:
     ctx = _client_ctx(ca) if ca else None
     deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx or True)) as s:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx or True),
+                                     timeout=aiohttp.ClientTimeout(total=2)) as s:
         while time.monotonic() < deadline:
             for ep in endpoints:
                 try:
@@ -76,7 +77,7 @@ async def _etcd_leader(endpoints: list[str], ca: Path | None) -> str:
                         doc = await r.json()
                     if doc.get("leader") and doc["leader"] == doc["header"]["member_id"]:
                         return ep
-                except (aiohttp.ClientError, KeyError, ValueError):
+                except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
                     continue
             await asyncio.sleep(0.2)
     raise RuntimeError("etcd elected no leader")

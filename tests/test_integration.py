@@ -27,13 +27,9 @@ from kvraft.transport.tls import context
 @pytest.fixture(params=["plain", "tls"])
 def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
     secure = request.param == "tls"
-    c = LocalCluster(tmp_path / "cluster", nodes=3, tls=secure, auth=secure)
-    c.start()
-    try:
+    with LocalCluster(tmp_path / "cluster", nodes=3, tls=secure, auth=secure) as c:
         c.wait_for_leader()
         yield c
-    finally:
-        c.stop()
 
 
 def _http(c: LocalCluster, method: str, url: str, body: bytes | None = None,

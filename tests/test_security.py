@@ -29,13 +29,9 @@ from kvraft.transport.tls import TLS, TLSFiles
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("secure"), nodes=3, tls=True, auth=True)
-    c.start()
-    try:
+    with LocalCluster(tmp_path_factory.mktemp("secure"), nodes=3, tls=True, auth=True) as c:
         c.wait_for_leader()
         yield c
-    finally:
-        c.stop()
 
 
 def _call(c: LocalCluster, i: int, method: str, path: str, *, token: str | None = None,
