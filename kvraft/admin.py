@@ -287,8 +287,8 @@ class ShardAdmin:
 
     def stats(self, gid: int, addr: str) -> dict[str, Any]:
         """Keys and bytes per range of group ``gid`` as the node at ``addr`` holds them."""
-        if not self.secret:
-            raise Unauthorized("stats need the cluster secret", status=401)
+        if not self.secret and not self.token:
+            raise Unauthorized("stats need an admin token or the cluster secret", status=401)
         return self._call_at(addr, "GET", f"/v1/internal/stats?gid={int(gid)}", secret=True)
 
     @staticmethod

@@ -457,8 +457,21 @@ class AsyncClient:
 
     async def _call(self, op: str | None, method: str, path: str, key: str, value: str | None,
                     write: tuple[_Session, int] | None, scan: bool = False) -> _Attempt:
+        st = _CallState()
+        try:
+            return await self._call_loop(op, method, path, key, value, write, scan, st)
+        except errors.Unauthorized as e:
+            if st.maybe_applied:
+                # refused now (any path: the stream, the map, an answer), but an earlier
+                # attempt of this write may have been applied
+                raise errors.OutcomeUnknown(f"write outcome unknown: an earlier attempt may "
+                                            f"have been applied, then: {e}") from None
+            raise
+
+    async def _call_loop(self, op: str | None, method: str, path: str, key: str,
+                         value: str | None, write: tuple[_Session, int] | None, scan: bool,
+                         st: _CallState) -> _Attempt:
         deadline = time.monotonic() + self.timeout_s
-        maybe_applied = False
         last_error = "no node answered"
         backoff = 0.01
         wrong = 0
@@ -498,7 +511,7 @@ class AsyncClient:
                 last_error = f"{addr}: {e}"
                 self._leaders.pop(gid, None)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                maybe_applied = maybe_applied or write is not None
+                st.maybe_applied = st.maybe_applied or write is not None
                 last_error = f"{addr}: {type(e).__name__} {e}"
                 self._leaders.pop(gid, None)
             else:
@@ -541,27 +554,22 @@ class AsyncClient:
                     await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
                     backoff = min(backoff * 2, 0.2)
                     continue
-                if a.status in (401, 403) and maybe_applied:
-                    # refused here, but an earlier attempt may have been applied
-                    raise errors.OutcomeUnknown(f"write outcome unknown: an earlier attempt "
-                                                f"may have been applied, then {addr} refused "
-                                                f"the credentials ({a.status})")
                 _raise_denied(a.status, a.body)
                 if a.status in (400, 413):
                     cls = errors.TooLarge if a.status == 413 else errors.InvalidArgument
                     raise cls(a.body.get("message", code))
                 if a.status == 409 and code == "session_expired":
-                    if not maybe_applied:
+                    if not st.maybe_applied:
                         raise _SessionLost(a.body.get("message", code))
                     raise errors.SessionExpired(a.body.get("message", code))
                 if code == "outcome_unknown" or (a.status >= 500 and code not in (
                         "no_leader", "unavailable")):
-                    maybe_applied = maybe_applied or write is not None
+                    st.maybe_applied = st.maybe_applied or write is not None
                 last_error = f"{addr}: {a.status} {code} {a.body.get('message', '')}".strip()
                 self._leaders.pop(gid, None)
             await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, 0.2)
-        if maybe_applied:
+        if st.maybe_applied:
             raise errors.OutcomeUnknown(f"write outcome unknown after {self.timeout_s:.1f}s "
                                         f"(last: {last_error})")
         raise errors.Unavailable(f"no answer within {self.timeout_s:.1f}s (last: {last_error})")
@@ -638,6 +646,14 @@ class AsyncClient:
     def _complete(self, rec: int | None, outcome: str, result: str | None = None) -> None:
         if self.recorder is not None and rec is not None:
             self.recorder.complete(rec, outcome, result)
+
+
+class _CallState:
+    __slots__ = ("maybe_applied",)
+
+    def __init__(self) -> None:
+        self.maybe_applied = False
+        """An attempt of this write may have reached a leader (so it may have applied)."""
 
 
 def _raise_denied(status: int, body: Any) -> None:

@@ -4,8 +4,10 @@ Each comes from a file named on the command line, else the environment, else the
 cluster that ``kvraft up`` keeps in ``./kvraft-data`` (``KVRAFT_DATA_DIR``). None of
 them is ever taken from the command line itself, where ``ps`` would show it:
 
-- the cluster secret: ``--secret-file``, ``KVRAFT_SECRET``, ``cluster.json``;
-- a client token: ``--token-file``, ``KVRAFT_TOKEN``, ``admin.token``;
+- the cluster secret: ``--secret-file``, ``KVRAFT_SECRET``, else ``cluster.json`` when
+  no token was found either (so a local secret never goes along to another cluster);
+- a client token: ``--token-file``, ``KVRAFT_TOKEN``, ``admin.token`` (unless a secret
+  was given);
 - TLS: ``KVRAFT_TLS_CA`` (and ``KVRAFT_TLS_CERT``/``KVRAFT_TLS_KEY``), ``certs/``.
 """
 
@@ -70,15 +72,15 @@ def load(secret_file: str | None = None, token_file: str | None = None,
     env = os.environ if env is None else env
     root = data_dir(env)
     secret = read_file(secret_file, "secret") if secret_file else env.get("KVRAFT_SECRET")
-    if not secret:
+    token = read_file(token_file, "token") if token_file else env.get("KVRAFT_TOKEN")
+    if not token and not secret and (root / ADMIN_TOKEN_FILE).exists():
+        token = read_file(root / ADMIN_TOKEN_FILE, "token")
+    if not secret and not token:  # the local cluster's secret, only if nothing was given
         try:
             doc = json.loads((root / "cluster.json").read_text())
         except (OSError, ValueError):
             doc = {}
         secret = doc.get("secret") if isinstance(doc, dict) else None
-    token = read_file(token_file, "token") if token_file else env.get("KVRAFT_TOKEN")
-    if not token and (root / ADMIN_TOKEN_FILE).exists():
-        token = read_file(root / ADMIN_TOKEN_FILE, "token")
     certs = root / "certs"
     try:
         if env.get(tlsmod.ENV_CA):

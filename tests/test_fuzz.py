@@ -593,6 +593,7 @@ async def test_fuzzed_raw_http_requests(tmp_path: Path, caplog: pytest.LogCaptur
 # --- 2. random peer frames from an authenticated peer ------------------------------------
 
 FUZZ_PEER = 2
+NODE_ID = 1  # the id of the node under test (single_node)
 """The fuzzing peer's id: not a member of any group."""
 PEER_LIMITS = Limits(peer_max_frame_bytes=1 << 16, peer_max_frame_items=64)
 BARRIER = encode_frame(999_999, [])
@@ -686,7 +687,7 @@ def _frame_is_bad(data: bytes) -> bool:
         _, msgs = decode_frame(data, PEER_LIMITS.peer_max_frame_items)
     except WireError:
         return True
-    return any(m.frm != FUZZ_PEER for m in msgs)
+    return any(m.frm != FUZZ_PEER or m.to != NODE_ID for m in msgs)  # (to: this node only)
 
 
 class PeerStream:
@@ -749,7 +750,7 @@ def _peer_accept(node: Node) -> Callable[[tuple[str, Any]], bool]:
             group, msgs = decode_frame(data, PEER_LIMITS.peer_max_frame_items)
         except WireError:
             return True
-        if group not in terms or any(m.frm != FUZZ_PEER for m in msgs):
+        if group not in terms or any(m.frm != FUZZ_PEER or m.to != NODE_ID for m in msgs):
             return True  # dropped by the node
         # A readable message at the node's term or above is real Raft traffic from a
         # peer holding the cluster secret: it makes the leader step down (and from

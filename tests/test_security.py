@@ -167,12 +167,17 @@ def test_a_revoked_token_is_refused_on_every_node(cluster: LocalCluster) -> None
     admin = cluster.admin()
     token = admin.token_create("short-lived", "write")
     cluster.wait_token_known(token)
-    with cluster.client(token=token) as c:
-        c.put("revoke-me", "1")
+    open_client = cluster.client(token=token)  # its streams stay open across the revoke
+    open_client.put("revoke-me", "1")
     assert "short-lived" in [t["name"] for t in admin.tokens()]
     admin.token_revoke("short-lived")
     # every node polls the controller every 0.5 s: the bound leaves room for a loaded CI
     cluster.wait_token_known(token, known=False, timeout_s=10.0)
+    try:  # an open stream re-checks its credentials on every message
+        with pytest.raises(errors.Unauthorized):
+            open_client.put("revoke-me", "on an open stream")
+    finally:
+        open_client.close()
     for i in cluster.ids:
         code, _ = _call(cluster, i, "GET", "/v1/kv/revoke-me", token=token)
         assert code == 401

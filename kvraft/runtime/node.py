@@ -128,7 +128,8 @@ class NodeConfig:
         if self.node_id not in self.peers:
             self.peers[self.node_id] = self.listen
         if not self.secret:
-            raise ValueError("a cluster secret is required (--secret or KVRAFT_SECRET)")
+            raise ValueError("a cluster secret is required (--secret-file, KVRAFT_SECRET, or "
+                             "secret_file in the config file)")
         _split_hostport(self.listen)
         for addr in self.peers.values():
             _split_hostport(addr)
@@ -177,7 +178,7 @@ class Node(ShardServiceMixin, MembershipMixin):
         self.loop_lag = LoopLagMonitor()
         self.metrics = Metrics(self.status)
         self.client_stream = ClientStreamAPI(self, config.settings.limits,
-                                             observe=self.metrics.observe)
+                                             observe=self.metrics.observe, guard=self.guard)
 
     # --- lifecycle -----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Fault injection for the nemesis (the peer role; only with ``--enable-fault-injection``).
+"""Fault injection for the nemesis (the admin role; only with ``--enable-fault-injection``).
 
 - ``GET    /v1/admin/faults``  the transport's current fault rules
 - ``PUT    /v1/admin/faults``  JSON ``{"blocked_out": [ids], "blocked_in": [ids],

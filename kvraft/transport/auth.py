@@ -90,7 +90,7 @@ tests: every route must be listed)."""
 
 
 def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def new_token() -> str:
@@ -118,7 +118,7 @@ class Guard:
         """The request's role, or None for credentials that are wrong (401)."""
         got = request.headers.get(SECRET_HEADER)
         if got is not None:
-            if not hmac.compare_digest(got.encode(), self.secret):
+            if not hmac.compare_digest(got.encode("utf-8", "surrogateescape"), self.secret):
                 return None
             if self.tls is None or tlsmod.peer_node_id(request) is not None:
                 return Role.PEER
@@ -132,7 +132,7 @@ class Guard:
             if table is None:
                 raise _refusal(503, "unavailable", "this node has not loaded the token table "
                                "from the controller yet; retry (another node)")
-            name = table.get(token_hash(token.strip()))
+            name = table.get(token_hash(token.strip()))  # (hashed with surrogateescape)
             return None if name is None else Role.named(name)
         return Role.NONE if self.required else Role.WRITE
 

@@ -38,7 +38,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from kvraft import errors
 from kvraft.config import Limits
 from kvraft.kv.commands import Op
-from kvraft.transport.auth import Role, request_role
+from kvraft.transport.auth import Guard, Role, request_role
 from kvraft.transport.http_api import (
     KVService,
     Observe,
@@ -58,8 +58,11 @@ FIELDS = 9
 
 
 class ClientStreamAPI:
-    def __init__(self, service: KVService, limits: Limits, observe: Observe | None = None
-                 ) -> None:
+    def __init__(self, service: KVService, limits: Limits, observe: Observe | None = None,
+                 guard: Guard | None = None) -> None:
+        self.guard = guard
+        """Checks the stream's credentials again for every message: a token revoked (or
+        a role lowered) while the stream is open takes effect on it too."""
         self.service = service
         self.limits = limits
         self.observe = observe
@@ -73,7 +76,8 @@ class ClientStreamAPI:
         ws = web.WebSocketResponse(max_msg_size=self.limits.stream_max_message_bytes,
                                    heartbeat=10.0, compress=False)
         await ws.prepare(request)
-        conn = _Stream(self, ws, may_write=request_role(request) >= Role.WRITE)
+        conn = _Stream(self, ws, may_write=request_role(request) >= Role.WRITE,
+                       request=request)
         self.active.add(conn)
         try:
             await conn.serve()
@@ -129,11 +133,12 @@ class _Unreadable(Exception):
 class _Stream:
     """One client's websocket: reads requests, serves them concurrently, batches answers."""
 
-    def __init__(self, api: ClientStreamAPI, ws: web.WebSocketResponse, may_write: bool
-                 ) -> None:
+    def __init__(self, api: ClientStreamAPI, ws: web.WebSocketResponse, may_write: bool,
+                 request: web.Request | None = None) -> None:
         self.api = api
         self.ws = ws
         self.may_write = may_write
+        self.request = request
         self.out: list[Any] = []
         self.wake = asyncio.Event()
         self.room = asyncio.Semaphore(api.limits.stream_max_inflight)
@@ -166,6 +171,15 @@ class _Stream:
                 await self._refuse(WSCloseCode.MESSAGE_TOO_BIG, "more than "
                                    f"{limits.stream_max_batch} requests in one message")
                 break
+            if not self._still_allowed():  # revoked since: nothing of it is served
+                self.api.bad_messages += 1
+                for r in reqs:
+                    if isinstance(r, list) and r and isinstance(r[0], int):
+                        await self.room.acquire()  # (released once the answer is written)
+                        self.out.append([r[0], 401, {"error": "unauthorized",
+                                                     "message": "the token was revoked"}])
+                self.wake.set()
+                continue
             for req in reqs:
                 await self.room.acquire()
                 if self.dead or self.ws.closed:
@@ -173,6 +187,19 @@ class _Stream:
                 t = asyncio.ensure_future(self._one(req))
                 self.tasks.add(t)
                 t.add_done_callback(self.tasks.discard)
+
+    def _still_allowed(self) -> bool:
+        guard = self.api.guard
+        if guard is None or self.request is None:
+            return True
+        try:
+            role = guard.role(self.request)
+        except web.HTTPException:  # (the token table is being loaded: keep the last role)
+            return True
+        if role is None or role < Role.READ:
+            return False
+        self.may_write = role >= Role.WRITE
+        return True
 
     async def _one(self, req: Any) -> None:
         try:

@@ -234,7 +234,7 @@ class PeerTransport:
     def has_secret(self, request: web.Request) -> bool:
         """The request carries the cluster secret (an operator's or a node's call)."""
         got = request.headers.get(SECRET_HEADER, "")
-        return hmac.compare_digest(got.encode(), self.secret.encode())
+        return hmac.compare_digest(got.encode("utf-8", "surrogateescape"), self.secret.encode())
 
     def authorized(self, request: web.Request) -> bool:
         """A call from a node of the cluster: the cluster secret and, with TLS, a node

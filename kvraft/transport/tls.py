@@ -64,7 +64,9 @@ class TLS:
 
     def __init__(self, files: TLSFiles) -> None:
         self.files = files
-        self.client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        # Only the cluster CA is trusted (not the system's store): a publicly trusted
+        # certificate for a node's host name must not receive the secret or a token.
+        self.client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname check, CERT_REQUIRED
         self.client.minimum_version = ssl.TLSVersion.TLSv1_2
         self._server: ssl.SSLContext | None = None
         self._load(self.client)
