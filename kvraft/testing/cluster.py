@@ -133,10 +133,31 @@ class LocalCluster:
         num = bootstrap(self.controller, self.secret, groups, timeout_s=timeout_s, tls=self.tls)
         wait_groups_at(self.addr_list, self.data_groups, num, timeout_s, secret=self.secret,
                        tls=self.tls)
+        self.wait_config_known(num, timeout_s)
         if self.auth and self.token is None:
             self.token = self.admin().token_create("harness", "admin")
             self.wait_token_known(self.token)
         return num
+
+    def wait_config_known(self, num: int, timeout_s: float = 60.0) -> None:
+        """Wait until every running node's view of the controller has reached ``num``
+        (a follower that has not heard yet answers 421, not a redirect to its leader)."""
+        def known(i: int) -> bool:
+            try:
+                code, doc = self._request(i, "GET", "/v1/status", timeout_s=1.0)
+            except (OSError, ValueError):
+                return False
+            return code == 200 and int(doc.get("config", 0)) >= num
+
+        deadline = time.monotonic() + timeout_s
+        pending = [i for i in self.ids if self.running(i) and i not in self.paused]
+        while pending and time.monotonic() < deadline:
+            pending = [i for i in pending if not known(i)]
+            if pending:
+                time.sleep(0.05)
+        if pending:
+            raise ClusterError(f"nodes {pending} did not learn configuration {num} within "
+                               f"{timeout_s}s; logs in {self.root}")
 
     def admin(self) -> ShardAdmin:
         """An operator's handle on the controller (with the cluster secret)."""
