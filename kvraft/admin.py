@@ -145,7 +145,9 @@ class ShardAdmin:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        if secret and self.secret is not None:
+        # A read goes with the token if there is one; an operator holding only the
+        # cluster secret (a cloud cluster before any token exists) reads with it.
+        if self.secret is not None and (secret or not self.token):
             headers[SECRET_HEADER] = self.secret
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

@@ -233,6 +233,8 @@ class S3SnapshotStore:
                 return
             except ClientError as exc:
                 code, status = _error_code(exc)
+                if status == 403:  # a role scoped to objects under a prefix (no bare
+                    return         # ListBucket): the bucket exists; uploads will tell
                 if status != 404 and code not in ("404", "NoSuchBucket", "NotFound"):
                     raise
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
