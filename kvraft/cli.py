@@ -360,6 +360,7 @@ def _register_subcommands() -> None:
     from kvraft.check.command import check_command
     from kvraft.local import up
     from kvraft.member_cli import member_command, transfer_leader_command
+    from kvraft.nodeinit import node_init_command
     from kvraft.restore import backup_command, restore_command
 
     main.add_command(certs_cli, name="certs")
@@ -371,6 +372,7 @@ def _register_subcommands() -> None:
     main.add_command(restore_command, name="restore")
     main.add_command(member_command, name="member")
     main.add_command(transfer_leader_command, name="transfer-leader")
+    main.add_command(node_init_command, name="node-init")
 
 
 _register_subcommands()

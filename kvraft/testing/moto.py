@@ -95,8 +95,10 @@ class MotoServer:
         port: int | None = None,
         startup_timeout_s: float = 30.0,
         log_path: str | None = None,
+        module: str = "moto.server",
     ) -> None:
         self.host = host
+        self.module = module
         self._port = port
         self.startup_timeout_s = startup_timeout_s
         self._log_path = log_path
@@ -150,7 +152,7 @@ class MotoServer:
             os.close(fd)
         log_path = self._log_path or self._temp_log
         assert log_path is not None
-        cmd = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
+        cmd = [sys.executable, "-m", self.module, "-H", self.host, "-p", str(self.port)]
         with open(log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
