@@ -31,7 +31,7 @@ n = len(groups)
 splits = [f"k{10_000 * i // n:015d}" for i in range(1, n)]
 num = bootstrap(addrs, "bench", {g: {i: a for i, a in enumerate(addrs, 1)} for g in groups},
                 splits=splits)
-wait_groups_at(addrs, groups, num)
+wait_groups_at(addrs, groups, num, secret="bench")
 PYEOF
       echo "kvraft cluster up ($NGROUPS data groups)"; exit 0
     fi

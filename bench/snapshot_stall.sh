@@ -32,7 +32,7 @@ A=127.0.0.1:7201,127.0.0.1:7202,127.0.0.1:7203
 $PY -c '
 from kvraft.bootstrap import bootstrap, wait_groups_at
 a = ["127.0.0.1:7201", "127.0.0.1:7202", "127.0.0.1:7203"]
-wait_groups_at(a, [1], bootstrap(a, "s", {1: {i: x for i, x in enumerate(a, 1)}}, splits=[]))'
+wait_groups_at(a, [1], bootstrap(a, "s", {1: {i: x for i, x in enumerate(a, 1)}}, splits=[]), secret="s")'
 for t in $(seq 1 60); do $PY -m kvraft get k000000000000000 --addr $A > /dev/null 2>&1 && break; sleep 0.5; done
 echo "== write load: 60000 puts at c=16 over 1M keys, snapshots every 20000 entries"
 $PY -m kvraft bench --addr $A --n 60000 -c 16 --keys 1000000 --json

@@ -73,6 +73,10 @@ class ReplicaSettings:
     inline_apply_max_bytes: int = setting(
         64 << 10, "Largest batch (bytes of entry data) applied inline on the event loop.",
         minimum=0)
+    inline_log_max_entries: int = setting(
+        8, "A follower writes a batch of at most this many entries to raft.db on the event "
+        "loop itself when the log thread is idle (no thread hop on the write path).",
+        minimum=0)
     checkpoint_entries: int = setting(
         500, "Run WAL checkpoints of raft.db and state.db (off the hot path) this often.",
         minimum=1)

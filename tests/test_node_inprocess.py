@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from kvraft import AsyncClient, errors
+from kvraft.bootstrap import bootstrap, wait_groups_at
 from kvraft.raft import InvariantViolation, Role
 from kvraft.raft.types import Message, MsgType
 from kvraft.runtime.node import Node, NodeConfig
+from kvraft.storage.raftlog import RaftLogStore
 from kvraft.testing import free_port
 from kvraft.testing.inprocess import single_node
 
@@ -140,3 +142,42 @@ async def test_operator_and_client_routes_refuse_bad_input(tmp_path: Path) -> No
                 assert (await r.json())["config"]["num"] == 0  # the refusals changed nothing
     finally:
         await node.stop()
+
+
+async def test_followers_write_small_batches_on_the_loop_and_keep_them(tmp_path: Path) -> None:
+    """At one write in flight a follower writes each append to raft.db from its event loop
+    (no thread hop), and every acknowledged write is in the follower's raft.db file."""
+    ports = [free_port() for _ in range(3)]
+    addrs = {i: f"127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+    nodes = [Node(NodeConfig(node_id=i, listen=a, peers=addrs, data_dir=tmp_path / f"n{i}",
+                             secret="s", groups=(0, 1))) for i, a in addrs.items()]
+    for n in nodes:
+        await n.start()
+    try:
+        num = await asyncio.to_thread(bootstrap, list(addrs.values()), "s", {1: addrs})
+        await asyncio.to_thread(wait_groups_at, list(addrs.values()), [1], num, secret="s")
+        def leader() -> Node:
+            return next(n for n in nodes if n.replicas[1].soft.role == Role.LEADER)
+        async with AsyncClient(",".join(addrs.values())) as c:
+            await c.put("warm", "up")
+            first, term = leader(), leader().replicas[1].soft.term
+            before = {id(n): n.replicas[1].inline_saves for n in nodes}
+            for i in range(30):
+                await c.put(f"k{i}", "v")
+        lead = leader()
+        committed = lead.replicas[1].core.log.committed  # type: ignore[union-attr]
+        followers = [n for n in nodes if n is not lead]
+        if lead is first and lead.replicas[1].soft.term == term:  # (no election meanwhile)
+            assert lead.replicas[1].inline_saves == before[id(lead)]
+        assert all(f.replicas[1].inline_saves - before[id(f)] >= 15 for f in followers)
+    finally:
+        for n in nodes:
+            await n.stop()
+    holding = 0
+    for f in followers:
+        store = RaftLogStore(f.cfg.data_dir / "group-1" / "raft.db", node_id=f.cfg.node_id,
+                             group_id=1)
+        loaded = store.load()
+        store.close()
+        holding += bool(loaded.entries) and loaded.entries[-1].index >= committed
+    assert holding >= 1  # a majority (the leader and one follower) held each write

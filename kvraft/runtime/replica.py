@@ -26,9 +26,10 @@ import asyncio
 import heapq
 import logging
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,6 +82,21 @@ async def _with_timeout(fut: asyncio.Future[T], timeout_s: float) -> T:
         handle.cancel()
 
 
+class _LogExecutor(ThreadPoolExecutor):
+    """The log-I/O thread. Every job holds ``lock`` while it runs, so the event loop may
+    run a short write itself, on the same connection, whenever the lock is free."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(1, thread_name_prefix=name)
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        def locked() -> T:
+            with self.lock:
+                return fn(*args, **kwargs)
+        return super().submit(locked)
+
+
 class _Checkpoint:
     """An apply-queue item: checkpoint state.db's WAL between two applies."""
 
@@ -123,7 +139,7 @@ class Replica:
         self._parked_reads: list[tuple[int, int]] = []
         self._read_ctx = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self.log_io = ThreadPoolExecutor(1, thread_name_prefix=f"raftlog-g{group_id}")
+        self.log_io = _LogExecutor(f"raftlog-g{group_id}")
         self._sm_io = ThreadPoolExecutor(1, thread_name_prefix=f"state-g{group_id}")
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         self.soft = SoftState(NONE, Role.FOLLOWER, 0)
@@ -134,6 +150,8 @@ class Replica:
         self._applying = False
         self._since_checkpoint = 0
         self.entries_persisted = 0
+        self.inline_saves = 0
+        """Writes to raft.db made on the event loop (see ``_save_inline``)."""
         self.snapshotter = Snapshotter(self, settings.snapshot, stream_snapshot)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -459,8 +477,9 @@ class Replica:
             if early:
                 self._send(self.group_id, early)
         if rd.hard_state is not None or rd.entries:
-            await loop.run_in_executor(self.log_io, self.raftlog.save, rd.hard_state,
-                                       rd.entries)
+            if not self._save_inline(rd):
+                await loop.run_in_executor(self.log_io, self.raftlog.save, rd.hard_state,
+                                           rd.entries)
             self.entries_persisted += len(rd.entries)
         if late:
             self._send(self.group_id, late)
@@ -498,6 +517,24 @@ class Replica:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
+
+    def _save_inline(self, rd: Ready) -> bool:
+        """A follower's small write goes to raft.db from the event loop when the log
+        thread is idle: its answer waits on that write anyway, and two thread hops are
+        a good part of a follower's turn at one write in flight. The fsync holds the
+        loop (not the GIL) for its duration. A leader always writes on the log thread:
+        it replicates meanwhile."""
+        if (self.soft.role == Role.LEADER
+                or len(rd.entries) > self.settings.inline_log_max_entries
+                or sum(len(e.data) for e in rd.entries) > self.settings.inline_apply_max_bytes
+                or not self.log_io.lock.acquire(blocking=False)):
+            return False
+        try:
+            self.raftlog.save(rd.hard_state, rd.entries)
+        finally:
+            self.log_io.lock.release()
+        self.inline_saves += 1
+        return True
 
     async def _apply_loop(self) -> None:
         loop = asyncio.get_running_loop()
