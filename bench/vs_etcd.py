@@ -8,6 +8,9 @@ Every figure in the table is the median over the rounds.
 
   * raw HTTP: ``../shared/bench/loadgen_{etcd,http}.py`` (put c=1 and c=64, linearizable
     get c=64) against the leader;
+  * what Python can do here at all (``bench/python_floor.py``): a bare aiohttp server
+    (no replication, no disk: the ceiling of raw HTTP) and a minimal replicated write
+    with fsync (the floor of a write at c=1), with the same load client;
   * through the clients: ``kvraft.Client`` from 1 and 16 threads and ``AsyncClient`` at
     c=1 and c=64 (``bench/client_load.py``) against python-etcd3 from 1, 16 and 64
     threads (``../shared/bench/etcd3_client_load.py``), puts and linearizable gets.
@@ -57,9 +60,11 @@ class Runner:
                   f"p50 {r.get('p50_ms')} ms p99 {r.get('p99_ms')} ms "
                   f"errors {r.get('errors', 0)}", flush=True)
 
-    def raw(self, system: str, rnd: int, url_args: list[str], script: str) -> None:
+    def raw(self, system: str, rnd: int, url_args: list[str], script: str,
+            work: tuple[tuple[str, tuple[int, ...]], ...] = (("put", (1, 64)), ("get", (64,)))
+            ) -> None:
         lg = self.a.loadgen_python
-        for op, levels in (("put", (1, 64)), ("get", (64,))):
+        for op, levels in work:
             for c in levels:
                 n = self.a.raw_n if c > 1 else self.a.raw_n // 5
                 out = sh(lg, str(SHARED / script), *url_args, "--op", op, "--n", str(n),
@@ -88,6 +93,22 @@ class Runner:
                          [("etcd3", 1), ("etcd3", 16), ("etcd3", 64)])
         finally:
             sh("bash", cl, "stop")
+
+    def python(self, rnd: int, what: str) -> None:
+        """``bench/python_floor.py``: a bare aiohttp server (the ceiling of raw HTTP here)
+        or the least a replicated, fsynced write costs in Python (the floor at c=1)."""
+        p = subprocess.Popen([self.a.kvraft_python, str(HERE / "python_floor.py"), "up", what],
+                             stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout is not None
+            url = p.stdout.readline().strip() + "/v1/kv/{key}"
+            work = ((("put", (1, 64)), ("get", (64,))) if what == "bare"
+                    else (("put", (1,)),))
+            self.raw(f"python-{what}", rnd, ["--put-url", url, "--get-url", url,
+                                             "--json-value", "value"], "loadgen_http.py", work)
+        finally:
+            p.terminate()
+            p.wait(30)
 
     def kvraft(self, rnd: int, groups: int) -> None:
         cl = str(HERE / "cluster.sh")
@@ -155,6 +176,15 @@ def report(rows: list[dict[str, Any]], png: Path | None) -> str:
         two = med(rows, "ops_s", system="kvraft-2g", kind="async", op=op, level=64)
         lines.append(f"| 2 groups / 1 group, AsyncClient {op} c=64 | {two:,.1f} | {one:,.1f} "
                      f"| {two / one:.2f} | ≥0.9 | {'ok' if two / one >= 0.9 else 'MISS'} |")
+    lines += ["", "Raw HTTP against what Python can do here at all (`bench/python_floor.py`):", "",
+              "| workload | etcd | kvraft | bare aiohttp | Python floor | kvraft / etcd "
+              "| bare aiohttp / etcd |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for op, c, field in (("put", 1, "p50_ms"), ("put", 64, "ops_s"), ("get", 64, "ops_s")):
+        vals = [med(rows, field, system=sname, kind="raw", op=op, level=c)
+                for sname in ("etcd", "kvraft-1g", "python-bare", "python-floor")]
+        cells = " | ".join("-" if v != v else f"{v:,.2f}" for v in vals)
+        lines.append(f"| raw {op} c={c} {field} | {cells} | {vals[1] / vals[0]:.2f} "
+                     f"| {vals[2] / vals[0]:.2f} |")
     if png is not None:
         chart(rows, png)
     return "\n".join(lines)
@@ -209,6 +239,8 @@ def main() -> None:
     ap.add_argument("--png", default="", help="write the latency chart here")
     ap.add_argument("--report-only", action="store_true", help="tabulate --out again")
     ap.add_argument("--only", choices=["etcd", "kvraft"], default=None)
+    ap.add_argument("--no-python", action="store_true",
+                    help="skip the bare aiohttp ceiling and the Python floor")
     a = ap.parse_args()
     if a.report_only:
         rows = [json.loads(line) for line in open(a.out)]
@@ -222,6 +254,9 @@ def main() -> None:
             if a.only in (None, "kvraft"):
                 run.kvraft(rnd, 1)
                 run.kvraft(rnd, 2)
+            if a.only is None and not a.no_python:
+                run.python(rnd, "bare")
+                run.python(rnd, "floor")
             print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
         rows = run.rows
         with open(a.out, "w") as f:

@@ -476,6 +476,9 @@ class Replica:
                                          self.soft.role)
             if early:
                 self._send(self.group_id, early)
+                # Let the peer links write them before the log thread takes the GIL for
+                # this write's statements (about a tenth of a millisecond sooner there).
+                await asyncio.sleep(0)
         if rd.hard_state is not None or rd.entries:
             if not self._save_inline(rd):
                 await loop.run_in_executor(self.log_io, self.raftlog.save, rd.hard_state,
@@ -483,6 +486,8 @@ class Replica:
             self.entries_persisted += len(rd.entries)
         if late:
             self._send(self.group_id, late)
+            if rd.committed:
+                await asyncio.sleep(0)  # the answers go out before the apply below
         if rd.committed:
             # Entries are durable locally now. A small batch with nothing ahead of it is
             # applied right here (no thread hop: lower latency); larger ones go to the
