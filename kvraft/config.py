@@ -75,7 +75,7 @@ class ReplicaSettings:
         minimum=0)
     inline_log_max_entries: int = setting(
         8, "A follower writes a batch of at most this many entries to raft.db on the event "
-        "loop itself when the log thread is idle (no thread hop on the write path).",
+        "loop itself when the log thread is idle (no thread hop on the write path); 0: never.",
         minimum=0)
     checkpoint_entries: int = setting(
         500, "Run WAL checkpoints of raft.db and state.db (off the hot path) this often.",

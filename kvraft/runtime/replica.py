@@ -527,9 +527,10 @@ class Replica:
         """A follower's small write goes to raft.db from the event loop when the log
         thread is idle: its answer waits on that write anyway, and two thread hops are
         a good part of a follower's turn at one write in flight. The fsync holds the
-        loop (not the GIL) for its duration. A leader always writes on the log thread:
-        it replicates meanwhile."""
-        if (self.soft.role == Role.LEADER
+        loop (not the GIL) for its duration, and the loop serves every group on this
+        node: a group this node leads waits meanwhile. A leader always writes on the log
+        thread: it replicates meanwhile. ``inline_log_max_entries = 0`` turns this off."""
+        if (self.soft.role == Role.LEADER or self.settings.inline_log_max_entries == 0
                 or len(rd.entries) > self.settings.inline_log_max_entries
                 or sum(len(e.data) for e in rd.entries) > self.settings.inline_apply_max_bytes
                 or not self.log_io.lock.acquire(blocking=False)):
