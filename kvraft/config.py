@@ -77,6 +77,12 @@ class ReplicaSettings:
         8, "A follower writes a batch of at most this many entries to raft.db on the event "
         "loop itself when the log thread is idle (no thread hop on the write path); 0: never.",
         minimum=0)
+    lease_reads: int = setting(
+        0, "1: a leader serves linearizable reads under a lease renewed by quorum rounds, "
+        "with no round of its own (needs clocks that tick at nearly the same rate and "
+        "equal tick_ms and election_ticks on every node; see kvraft.runtime.lease); "
+        "0: every read confirms leadership with a quorum (ReadIndex).",
+        minimum=0, maximum=1)
     checkpoint_entries: int = setting(
         500, "Run WAL checkpoints of raft.db and state.db (off the hot path) this often.",
         minimum=1)
@@ -307,6 +313,7 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
     _node("tick_ms", "replica.tick_ms"),
     _node("election_ticks", "replica.election_ticks"),
     _node("heartbeat_ticks", "replica.heartbeat_ticks"),
+    _node("lease_reads", "replica.lease_reads"),
     _node("max_key_bytes", "limits.max_key_bytes"),
     _node("max_value_bytes", "limits.max_value_bytes"),
     _node("stream_max_message_bytes", "limits.stream_max_message_bytes"),
@@ -414,6 +421,9 @@ def settings_from(*layers: Mapping[str, Any], base: NodeSettings | None = None
     if r.heartbeat_ticks >= r.election_ticks:
         raise SettingError("heartbeat_ticks", f"({r.heartbeat_ticks}) must be less than "
                            f"election_ticks ({r.election_ticks})")
+    if r.lease_reads and r.election_ticks < 3:
+        raise SettingError("lease_reads", f"needs election_ticks >= 3 (it is "
+                           f"{r.election_ticks}): the lease is election_ticks - 2 ticks long")
     return out
 
 

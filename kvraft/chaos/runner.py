@@ -57,6 +57,8 @@ class ChaosSettings:
     """Data groups (with the controller, on every node); > 1 spreads the keys over them."""
     tls: bool = False
     """Mutual TLS between the nodes, and the clients over TLS with a token."""
+    lease_reads: bool = False
+    """Nodes serve reads under leader leases (``replica.lease_reads``)."""
 
 
 @dataclass(slots=True)
@@ -84,7 +86,9 @@ class ChaosReport:
             "faults: " + (", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
                           or "none"),
             f"snapshots: taken {self.snapshots['taken']}, installed from a leader "
-            f"{self.snapshots['installed']}",
+            f"{self.snapshots['installed']}"
+            + (f"; reads served under a lease {self.snapshots['leased_reads']} (counted "
+               "since each node's last start)" if self.snapshots["leased_reads"] else ""),
             f"linearizability: {self.verdict}",
         ]
         lines += [f"ANOMALY: {a}" for a in self.anomalies]
@@ -197,6 +201,7 @@ def _snapshot_counts(c: LocalCluster) -> Counter[str]:
         if st is not None:
             counts["taken"] += st["snapshot"]["taken"]
             counts["installed"] += st["snapshot"]["installed"]
+            counts["leased_reads"] += (st.get("lease") or {}).get("reads", 0)
     return counts
 
 
@@ -207,7 +212,8 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
     own_cluster = cluster is None
     c = cluster or LocalCluster(root, nodes=cfg.nodes, tick_ms=cfg.tick_ms, extra_args=[
         "--snapshot-entries", str(cfg.snapshot_entries),
-        "--snapshot-catchup-entries", str(max(1, cfg.snapshot_entries // 5))],
+        "--snapshot-catchup-entries", str(max(1, cfg.snapshot_entries // 5)),
+        *(["--lease-reads", "1"] if cfg.lease_reads else [])],
         groups=tuple(range(cfg.groups + 1)), tls=cfg.tls, auth=cfg.tls)
     recorder = HistoryRecorder(cfg.history_path)
     snap_counts: Counter[str] = Counter()

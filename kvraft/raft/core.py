@@ -68,6 +68,10 @@ class Config:
     max_apply_bytes: int = 64 << 20
     pre_vote: bool = True
     check_quorum: bool = True
+    start_lease: bool = False
+    """With check_quorum: a replica also ignores (pre-)votes of higher terms for its
+    first ``election_ticks`` ticks, as if it had just heard from a leader. A leader may
+    have counted it into a lease before it restarted (``kvraft.runtime.lease``)."""
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -188,6 +192,9 @@ class RaftCore:
         self.read_bcast_pending = False
         self.transferee = NONE
         self.transfer_elapsed = 0
+        self.transfer_term = 0
+        """The last term in which this replica, as leader, began handing leadership over
+        (a TimeoutNow it sent lets its target's votes override the followers' leases)."""
         self.snapshot_to_install: SnapshotMeta | None = None
         self.persisted_hard = HardState(self.term, self.vote)
         self.reported_soft = SoftState(NONE, Role.FOLLOWER, self.term)
@@ -296,6 +303,17 @@ class RaftCore:
     def transfer_leadership(self, target: int) -> None:
         """Hand leadership to ``target`` once it is caught up (best effort)."""
         roles.transfer_leadership(self, target)
+
+    def lease_may_hold(self) -> bool:
+        """Whether a leader lease (see ``kvraft.runtime.lease``) may be in force now.
+
+        True while this replica leads, has committed an entry of its term (its commit
+        index then covers every write acknowledged before), and has not begun handing
+        leadership over in this term: the TimeoutNow of a transfer lets its target
+        be elected at once, whatever the followers' leases. The runtime adds the timing.
+        """
+        return (self.role == Role.LEADER and self.transfer_term != self.term
+                and self.log.term(self.log.committed) == self.term)
 
     def report_snapshot(self, peer: int, ok: bool) -> None:
         """The runtime finished (or failed) streaming a snapshot to ``peer``."""

@@ -32,8 +32,11 @@ def step(r: RaftCore, m: Message) -> None:
     if m.term > r.term:
         if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
             forced = m.type == MsgType.VOTE and m.ctx == CAMPAIGN_TRANSFER
-            in_lease = (r.cfg.check_quorum and r.leader != NONE
-                        and r.election_elapsed < r.cfg.election_ticks)
+            in_lease = r.cfg.check_quorum and (
+                (r.leader != NONE and r.election_elapsed < r.cfg.election_ticks)
+                # Just started: a leader may have counted this replica into its lease
+                # before it went down; it waits out an election timeout before voting.
+                or (r.cfg.start_lease and r.ticks < r.cfg.election_ticks))
             if in_lease and not forced:
                 return  # a live leader exists: do not let this node disrupt it
         if m.type == MsgType.PRE_VOTE or (m.type == MsgType.PRE_VOTE_RESP and not m.reject):
@@ -450,6 +453,7 @@ def step_down_removed(r: RaftCore) -> None:
     """
     best = max(((pr.match, p) for p, pr in r.prs.items() if p in r.conf.voters), default=None)
     if best is not None and best[0] == r.log.last_index():
+        r.transfer_term = r.term
         r.send(Message(MsgType.TIMEOUT_NOW, to=best[1], frm=r.id, term=r.term))
     become_follower(r, r.term, NONE)
 
@@ -460,6 +464,7 @@ def transfer_leadership(r: RaftCore, target: int) -> None:
     if target == r.id or target not in r.conf.voters:
         raise ValueError(f"cannot transfer leadership to {target}")
     r.transferee = target
+    r.transfer_term = r.term
     r.election_elapsed = 0
     if r.prs[target].match == r.log.last_index():
         r.send(Message(MsgType.TIMEOUT_NOW, to=target, frm=r.id, term=r.term))

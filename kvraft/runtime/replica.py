@@ -52,6 +52,7 @@ from kvraft.raft import (
 )
 from kvraft.raft import NotLeader as CoreNotLeader
 from kvraft.raft.types import early_messages
+from kvraft.runtime.lease import Lease, lease_seconds
 from kvraft.runtime.snapshotter import (
     InstallItem,
     Snapshotter,
@@ -153,6 +154,11 @@ class Replica:
         self.inline_saves = 0
         """Writes to raft.db made on the event loop (see ``_save_inline``)."""
         self.snapshotter = Snapshotter(self, settings.snapshot, stream_snapshot)
+        self.lease = (Lease(lease_seconds(settings.tick_ms, settings.election_ticks))
+                      if settings.lease_reads else None)
+        """With ``lease_reads``: the leader lease (see ``kvraft.runtime.lease``)."""
+        self._read_started: dict[int, tuple[float, int]] = {}
+        """With a lease: read ctx -> (monotonic time it was registered, term)."""
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class Replica:
         s = self.settings
         cfg = Config(id=self.node_id, election_ticks=s.election_ticks,
                      heartbeat_ticks=s.heartbeat_ticks, max_msg_bytes=s.max_msg_bytes,
-                     max_inflight_msgs=s.max_inflight_msgs)
+                     max_inflight_msgs=s.max_inflight_msgs, start_lease=True)
         self.core = RaftCore(cfg, random.Random(), InitialState(
             conf=conf, hard_state=loaded.hard_state, snapshot=loaded.snapshot,
             entries=loaded.entries, applied=applied, log_start=loaded.log_start))
@@ -326,17 +332,42 @@ class Replica:
             raise errors.OutcomeUnknown(f"{what} not committed within {timeout_s:.1f}s") from None
 
     async def read_barrier(self, *, timeout_s: float) -> None:
-        """Return once a linearizable read may be served from state.db (ReadIndex)."""
+        """Return once a linearizable read may be served from state.db: after a quorum
+        round (ReadIndex), or under the leader lease when ``lease_reads`` is on."""
         core = self._ready_core()
-        self._read_ctx += 1
-        ctx = self._read_ctx
+        lease = self.lease
+        if lease is not None and core.lease_may_hold():
+            now = lease.now()
+            if lease.valid(core.term, now):
+                if lease.wants_renewal(now):
+                    lease.renewing = self._register_read(core, now)
+                    self._wake.set()
+                lease.reads += 1
+                index = core.log.committed
+                if self.applied_index < index:
+                    self._read_ctx += 1
+                    heapq.heappush(self._parked_reads, (index, self._read_ctx))
+                    await self._await_read(self._read_ctx, timeout_s)
+                return
         try:
-            core.read_index(ctx)
+            ctx = self._register_read(core, lease.now() if lease is not None else 0.0)
         except CoreNotLeader as e:
             raise self._not_leader(e.leader) from None
+        self._wake.set()
+        await self._await_read(ctx, timeout_s)
+
+    def _register_read(self, core: RaftCore, now: float) -> int:
+        """Start a ReadIndex round for a new read ctx (raises the core's NotLeader)."""
+        self._read_ctx += 1
+        ctx = self._read_ctx
+        core.read_index(ctx)
+        if self.lease is not None:
+            self._read_started[ctx] = (now, core.term)
+        return ctx
+
+    async def _await_read(self, ctx: int, timeout_s: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = fut
-        self._wake.set()
         try:
             await _with_timeout(fut, timeout_s)
         except TimeoutError:
@@ -510,9 +541,20 @@ class Replica:
                 # Added again after the restore: from here on it is a member like any.
                 self.restored_at = None
                 await loop.run_in_executor(self.log_io, self.raftlog.clear_restored)
+        lease = self.lease
         for rs in rd.read_states:
             heapq.heappush(self._parked_reads, (rs.index, rs.ctx))
+            if lease is not None:
+                started = self._read_started.pop(rs.ctx, None)
+                if started is not None:
+                    lease.confirmed(*started)
+                if rs.ctx == lease.renewing:
+                    lease.renewing = 0
         for ctx in rd.dropped_reads:
+            if lease is not None:
+                self._read_started.pop(ctx, None)
+                if ctx == lease.renewing:
+                    lease.renewing = 0
             fut = self._reads.pop(ctx, None)
             if fut is not None and not fut.done():
                 fut.set_exception(self._not_leader(core.leader))
@@ -672,5 +714,10 @@ class Replica:
             "progress": {str(p): {"match": m, "next": n, "state": s.lower()}
                          for p, (m, n, s) in st.progress.items()},
             "pending_proposals": len(self._proposals), "pending_reads": len(self._reads),
+            "lease": None if self.lease is None else {
+                "reads": self.lease.reads,
+                "remaining_ms": max(0, round((self.lease.until - self.lease.now()) * 1000))
+                if self.lease.valid(self.core.term, self.lease.now())
+                and self.core.lease_may_hold() else 0},
             "snapshot": self.snapshotter.status(),
         }

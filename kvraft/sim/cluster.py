@@ -82,7 +82,8 @@ class Cluster:
         return Config(id=i, election_ticks=cfg.election_ticks,
                       heartbeat_ticks=cfg.heartbeat_ticks,
                       max_inflight_msgs=cfg.max_inflight_msgs, max_msg_bytes=cfg.max_msg_bytes,
-                      pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum)
+                      pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum,
+                      start_lease=cfg.check_quorum)
 
     def add_node(self, nid: int) -> SimNode:
         """Start a new node with an empty membership: it waits to be added."""

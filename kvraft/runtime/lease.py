@@ -1,0 +1,97 @@
+"""Leader leases: linearizable reads without a quorum round of their own (off by default).
+
+With ``replica.lease_reads = 1`` a leader that a quorum has confirmed recently serves a
+read once its state machine has applied its commit index, instead of confirming its
+leadership again (ReadIndex) for that read. The lease is renewed by the ReadIndex
+rounds themselves: a read near the lease's end starts one in the background.
+
+Why no other leader can commit while the lease holds
+----------------------------------------------------
+Let L lead term t. At time ``T0`` on L's monotonic clock, L registers a ReadIndex
+round; the heartbeats of that round leave after ``T0``. Say a quorum Q of the voters
+(L included) answers it. Each follower F in Q received a term-t message from L at some
+time ``R >= T0``; on it F reset ``election_elapsed`` to 0 and took L as its leader.
+
+1. *F refuses to vote.* Under check-quorum, a replica that has a leader and has heard
+   from it within ``election_ticks`` ticks ignores (pre-)votes of higher terms
+   (``raft.roles.step``), except a vote forced by a leadership transfer. A replica
+   that has just started also ignores them for its first ``election_ticks`` ticks, so
+   a restart does not make F forget what it promised. F's ticks are due at fixed
+   points of its monotonic clock and never run before them (a loop stalled for long
+   drops the ticks it missed), so F reaches ``election_ticks`` no sooner than
+   ``R + (election_ticks - 1) * tick``, less a millisecond of timer slack.
+2. *Any quorum holds such an F or L itself.* A candidate needs a quorum of votes, and
+   every quorum meets Q. L votes for no one while it leads (its own
+   ``election_elapsed`` stays below ``election_ticks``), and once it steps down it no
+   longer serves leased reads.
+3. *A transfer ends the lease.* The TimeoutNow of a leadership transfer makes its
+   target's votes override the followers' refusal. L stops using its lease in term t
+   as soon as it begins a transfer (``RaftCore.lease_may_hold``), for good in that
+   term, because a TimeoutNow already sent may still arrive.
+4. *L's commit index is complete.* L serves leased reads only after committing an
+   entry of term t. By then its commit index covers every write acknowledged by any
+   leader. While no other leader exists, only L commits, and L acknowledges a write
+   only after its own commit index passes it.
+
+So no other leader is elected before ``T0 + (election_ticks - 1) * tick`` on F's clock.
+L's lease ends at ``T0 + (election_ticks - 2) * tick * 0.9`` on its own clock. That is
+one tick and a tenth shorter, to absorb the difference in clock rates (NTP keeps it
+below 0.05%), timer slack, and a read being checked just before the lease ends.
+
+What this assumes, and why it is off by default
+-----------------------------------------------
+- Clocks advance at nearly the same rate.
+- Every node of a group has the same ``tick_ms`` and ``election_ticks``.
+- A process is not suspended between reading the clock and checking the lease. A pause
+  after the check only delays the answer: the read was current when checked.
+
+ReadIndex needs none of this, so it stays the default. The lease is measured with
+``time.monotonic()`` when each read is checked, not with the event loop's cached clock.
+That clock can lag by a whole loop iteration.
+"""
+
+from __future__ import annotations
+
+import time
+
+LEASE_SAFETY = 0.9
+"""The lease is this fraction of ``election_ticks - 2`` ticks (see the module)."""
+
+
+def lease_seconds(tick_ms: int, election_ticks: int) -> float:
+    """How long a quorum round keeps the lease, from when the round was registered."""
+    return max(0, election_ticks - 2) * tick_ms / 1000 * LEASE_SAFETY
+
+
+class Lease:
+    """One replica's lease: until when, in which term (runtime side of the argument)."""
+
+    __slots__ = ("duration_s", "until", "term", "renewing", "reads")
+
+    def __init__(self, duration_s: float) -> None:
+        self.duration_s = duration_s
+        self.until = 0.0
+        self.term = 0
+        self.renewing = 0
+        """ctx of a background renewal round in flight (0: none)."""
+        self.reads = 0
+        """Reads served under the lease (for status)."""
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def confirmed(self, started: float, term: int) -> None:
+        """A quorum round registered at ``started`` in ``term`` was confirmed."""
+        until = started + self.duration_s
+        if term > self.term:
+            self.term, self.until = term, until
+        elif term == self.term and until > self.until:
+            self.until = until
+
+    def valid(self, term: int, now: float) -> bool:
+        return term == self.term and now < self.until
+
+    def wants_renewal(self, now: float) -> bool:
+        """Past half its length and no renewal round in flight."""
+        return not self.renewing and self.until - now < self.duration_s / 2

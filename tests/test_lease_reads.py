@@ -1,0 +1,267 @@
+"""Leader leases (``replica.lease_reads``): the core's rules and the runtime's reads.
+
+The core rules are the two that the lease argument in ``kvraft.runtime.lease`` rests
+on. A replica that has just started ignores votes for an election timeout. A leader
+stops trusting its lease once it begins a transfer. The in-process tests run three
+real nodes on 127.0.0.1. Leased reads skip the quorum round. An isolated leader's
+leased reads stop before the rest of the group can elect a new leader and commit a
+write, so no read returns a value that an acknowledged write has replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from kvraft import AsyncClient, errors
+from kvraft.bootstrap import bootstrap, wait_groups_at
+from kvraft.config import NodeSettings, SettingError, settings_from
+from kvraft.raft import (
+    NONE,
+    Config,
+    ConfState,
+    Entry,
+    InitialState,
+    Message,
+    MsgType,
+    RaftCore,
+    Role,
+)
+from kvraft.raft.roles import CAMPAIGN_TRANSFER
+from kvraft.runtime.lease import Lease, lease_seconds
+from kvraft.runtime.node import Node, NodeConfig
+from kvraft.testing import free_port
+
+VOTERS = ConfState(frozenset({1, 2, 3}), frozenset())
+
+
+def _core(start_lease: bool) -> RaftCore:
+    return RaftCore(Config(id=2, start_lease=start_lease), random.Random(0),
+                    InitialState(conf=VOTERS))
+
+
+def _answers(core: RaftCore, m: Message) -> list[Message]:
+    core.step(m)
+    out, core.msgs = core.msgs, []
+    return out
+
+
+# --- the core ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mtype", [MsgType.PRE_VOTE, MsgType.VOTE])
+def test_a_replica_that_just_started_waits_an_election_timeout_before_voting(
+        mtype: MsgType) -> None:
+    core = _core(start_lease=True)
+    ask = Message(mtype, to=2, frm=3, term=5, index=0, log_term=0)
+    for _ in range(core.cfg.election_ticks - 1):
+        assert _answers(core, ask) == [], "voted while a leader may still count on it"
+        assert core.term == 0 and core.vote == NONE
+        core.tick()
+    assert _answers(core, ask) == []
+    core.tick()  # election_ticks ticks since it started
+    (resp,) = _answers(core, ask)
+    assert resp.type in (MsgType.PRE_VOTE_RESP, MsgType.VOTE_RESP) and not resp.reject
+    # Without the rule (the core's default) it answers at once.
+    (resp,) = _answers(_core(start_lease=False), ask)
+    assert not resp.reject
+
+
+def test_a_transfer_vote_still_overrides_the_startup_lease() -> None:
+    core = _core(start_lease=True)
+    (resp,) = _answers(core, Message(MsgType.VOTE, to=2, frm=3, term=5, index=0, log_term=0,
+                                     ctx=CAMPAIGN_TRANSFER))
+    assert resp.type == MsgType.VOTE_RESP and not resp.reject and core.vote == 3
+
+
+def _leader() -> RaftCore:
+    """Node 1, leader of term 1 with its first entry committed by node 2's answer."""
+    core = RaftCore(Config(id=1), random.Random(0), InitialState(conf=VOTERS))
+    for _ in range(3 * core.cfg.election_ticks):
+        if core.role != Role.FOLLOWER:
+            break
+        core.tick()
+    for peer in (2, 3):
+        for m in [m for m in core.msgs if m.to == peer]:
+            if m.type == MsgType.PRE_VOTE:
+                core.step(Message(MsgType.PRE_VOTE_RESP, to=1, frm=peer, term=m.term))
+    core.msgs.clear()
+    for peer in (2, 3):
+        core.step(Message(MsgType.VOTE_RESP, to=1, frm=peer, term=core.term))
+    assert core.role == Role.LEADER
+    rd = core.ready()
+    core.advance(rd)
+    last = core.log.last_index()
+    core.step(Message(MsgType.APP_RESP, to=1, frm=2, term=core.term, index=last))
+    assert core.log.committed == last and core.log.term(last) == core.term
+    return core
+
+
+def test_the_lease_may_hold_only_for_a_leader_that_committed_and_is_not_handing_over() -> None:
+    follower = _core(start_lease=True)
+    assert not follower.lease_may_hold()
+    leader = _leader()
+    assert leader.lease_may_hold()
+    leader.transfer_leadership(2)
+    assert not leader.lease_may_hold()
+    # Even once the transfer is abandoned, a TimeoutNow sent in this term may still land.
+    leader.transferee = NONE
+    assert not leader.lease_may_hold()
+
+
+def test_a_new_leader_has_no_lease_before_it_commits_in_its_term() -> None:
+    core = RaftCore(Config(id=1), random.Random(0), InitialState(
+        conf=VOTERS, entries=[Entry(1, 1)]))
+    core.term = 1
+    assert not core.lease_may_hold()
+
+
+# --- settings and the lease's length -------------------------------------------------
+
+
+def test_the_lease_is_shorter_than_any_election_can_be() -> None:
+    # A follower votes again no sooner than (election_ticks - 1) ticks after the round.
+    for tick_ms, ticks in ((50, 10), (10, 3), (100, 20)):
+        assert lease_seconds(tick_ms, ticks) < (ticks - 1) * tick_ms / 1000 - 0.001
+    lease = Lease(0.36)
+    lease.confirmed(100.0, 3)
+    assert lease.valid(3, 100.35) and not lease.valid(3, 100.36) and not lease.valid(4, 100.1)
+    lease.confirmed(99.0, 3)  # an older round does not shorten it
+    assert lease.until == pytest.approx(100.36)
+    assert lease.wants_renewal(100.2) and not lease.wants_renewal(100.1)
+
+
+def test_lease_reads_need_three_election_ticks() -> None:
+    assert settings_from({"lease_reads": 1}).replica.lease_reads == 1
+    with pytest.raises(SettingError, match="election_ticks >= 3"):
+        settings_from({"lease_reads": 1, "election_ticks": 2, "heartbeat_ticks": 1})
+    with pytest.raises(SettingError):
+        settings_from({"lease_reads": 2})
+
+
+# --- three real nodes ----------------------------------------------------------------
+
+
+async def _cluster(tmp_path: Path) -> tuple[list[Node], dict[int, str]]:
+    ports = [free_port() for _ in range(3)]
+    addrs = {i: f"127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+    base = NodeSettings()
+    settings = dataclasses.replace(base, replica=dataclasses.replace(base.replica,
+                                                                     lease_reads=1))
+    nodes = [Node(NodeConfig(node_id=i, listen=a, peers=addrs, data_dir=tmp_path / f"n{i}",
+                             secret="s", groups=(0, 1), settings=settings))
+             for i, a in addrs.items()]
+    for n in nodes:
+        await n.start()
+    num = await asyncio.to_thread(bootstrap, list(addrs.values()), "s", {1: addrs})
+    await asyncio.to_thread(wait_groups_at, list(addrs.values()), [1], num, secret="s")
+    return nodes, addrs
+
+
+async def _until(cond: object, what: str, timeout_s: float = 60.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not cond():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.01)
+
+
+def _leader_of(nodes: list[Node]) -> Node | None:
+    return next((n for n in nodes if n.replicas[1].soft.role == Role.LEADER), None)
+
+
+async def test_leased_reads_skip_the_quorum_round(tmp_path: Path) -> None:
+    nodes, addrs = await _cluster(tmp_path)
+    try:
+        async with AsyncClient(",".join(addrs.values())) as c:
+            await c.put("k", "v1")
+            lead = _leader_of(nodes)
+            assert lead is not None
+            replica = lead.replicas[1]
+            lease = replica.lease
+            assert lease is not None and replica.core is not None
+            rounds0, reads0 = replica.core.read_seq, lease.reads
+            t0 = time.monotonic()
+            for i in range(300):
+                assert await lead.get("k", timeout_s=10.0) == "v1"
+                if i == 150:
+                    await c.put("k", "v2")  # a write in between is seen at once
+                    assert await lead.get("k", timeout_s=10.0) == "v2"
+                    break
+            elapsed = time.monotonic() - t0
+            rounds = replica.core.read_seq - rounds0
+            served = lease.reads - reads0
+        # Each read without a lease starts a round; with one, a round only renews it
+        # (one in flight at a time, after half the lease has gone by).
+        assert served >= 1
+        assert rounds <= 152 - served + 2 + elapsed / (lease.duration_s / 2), (
+            rounds, served, elapsed)
+        assert served > 75, f"only {served} of 152 reads were leased ({elapsed:.2f}s)"
+        assert replica.status()["lease"]["reads"] == lease.reads
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+async def test_an_isolated_leader_stops_leased_reads_before_a_new_leader_writes(
+        tmp_path: Path) -> None:
+    nodes, addrs = await _cluster(tmp_path)
+    try:
+        async with AsyncClient(",".join(addrs.values())) as c:
+            await c.put("x", "old")
+        old = _leader_of(nodes)
+        assert old is not None
+        old_replica = old.replicas[1]
+        lease = old_replica.lease
+        assert lease is not None
+        # A read before the isolation: its round gives the leader a lease.
+        assert await old.get("x", timeout_s=10.0) == "old"
+        assert lease.term == old_replica.soft.term
+        others = [n for n in nodes if n is not old]
+        ids = {n.cfg.node_id for n in others}
+        assert old.transport is not None
+        old.transport.faults.blocked_out |= ids
+        old.transport.faults.blocked_in |= ids
+        isolated_at = time.monotonic()
+        reads: list[tuple[float, float, str | None]] = []
+        stop = asyncio.Event()
+
+        async def read_old() -> None:
+            while not stop.is_set():
+                start = time.monotonic()
+                try:
+                    value = await old.get("x", timeout_s=0.2)
+                except errors.Unavailable:  # (NotLeader once it steps down)
+                    value = None
+                reads.append((start, time.monotonic(), value))
+                await asyncio.sleep(0.002)
+
+        reader = asyncio.get_running_loop().create_task(read_old())
+        await _until(lambda: _leader_of(others) is not None, "the others elect a leader")
+        other_addrs = ",".join(addrs[n.cfg.node_id] for n in others)
+        async with AsyncClient(other_addrs, timeout_s=30.0) as c:
+            await c.put("x", "new")
+        written_at = time.monotonic()
+        await _until(lambda: any(s > written_at for s, _, _ in reads), "one more read")
+        stop.set()
+        await reader
+        served = [(s, e, v) for s, e, v in reads if v is not None]
+        # Reads that began after the new value was acknowledged never saw the old one.
+        stale = [(s - written_at, v) for s, _, v in served if s > written_at and v == "old"]
+        assert not stale, f"stale reads from the isolated leader: {stale}"
+        # And no read was served from the lease once it had run out (no round could
+        # renew it after the isolation).
+        late = [s - isolated_at for s, _, v in served if s > isolated_at + lease.duration_s]
+        assert not late, f"reads served {late}s after the isolation"
+        assert all(v == "old" for _, _, v in served)
+    finally:
+        for n in nodes:
+            if n.transport is not None:
+                n.transport.faults.clear()
+            await n.stop()
