@@ -25,7 +25,6 @@ from kvraft.raft import (
     NONE,
     Config,
     ConfState,
-    Entry,
     InitialState,
     Message,
     MsgType,
@@ -36,12 +35,13 @@ from kvraft.raft.roles import CAMPAIGN_TRANSFER
 from kvraft.runtime.lease import Lease, lease_seconds
 from kvraft.runtime.node import Node, NodeConfig
 from kvraft.testing import free_port
+from kvraft.testing.inprocess import single_node
 
 VOTERS = ConfState(frozenset({1, 2, 3}), frozenset())
 
 
-def _core(start_lease: bool) -> RaftCore:
-    return RaftCore(Config(id=2, start_lease=start_lease), random.Random(0),
+def _core(vote_lease: bool) -> RaftCore:
+    return RaftCore(Config(id=2, vote_lease=vote_lease), random.Random(0),
                     InitialState(conf=VOTERS))
 
 
@@ -57,7 +57,7 @@ def _answers(core: RaftCore, m: Message) -> list[Message]:
 @pytest.mark.parametrize("mtype", [MsgType.PRE_VOTE, MsgType.VOTE])
 def test_a_replica_that_just_started_waits_an_election_timeout_before_voting(
         mtype: MsgType) -> None:
-    core = _core(start_lease=True)
+    core = _core(vote_lease=True)
     ask = Message(mtype, to=2, frm=3, term=5, index=0, log_term=0)
     for _ in range(core.cfg.election_ticks - 1):
         assert _answers(core, ask) == [], "voted while a leader may still count on it"
@@ -68,19 +68,42 @@ def test_a_replica_that_just_started_waits_an_election_timeout_before_voting(
     (resp,) = _answers(core, ask)
     assert resp.type in (MsgType.PRE_VOTE_RESP, MsgType.VOTE_RESP) and not resp.reject
     # Without the rule (the core's default) it answers at once.
-    (resp,) = _answers(_core(start_lease=False), ask)
+    (resp,) = _answers(_core(vote_lease=False), ask)
     assert not resp.reject
 
 
 def test_a_transfer_vote_still_overrides_the_startup_lease() -> None:
-    core = _core(start_lease=True)
+    core = _core(vote_lease=True)
     (resp,) = _answers(core, Message(MsgType.VOTE, to=2, frm=3, term=5, index=0, log_term=0,
                                      ctx=CAMPAIGN_TRANSFER))
     assert resp.type == MsgType.VOTE_RESP and not resp.reject and core.vote == 3
 
 
-def _leader() -> RaftCore:
-    """Node 1, leader of term 1 with its first entry committed by node 2's answer."""
+def test_a_higher_term_answer_does_not_end_the_refusal() -> None:
+    """A replica that heard from its leader and then gets a higher-term answer (its
+    own old pre-vote refused, say) has no leader any more, but still ignores votes until
+    an election timeout has passed since the leader's message."""
+    core = _core(vote_lease=True)
+    for _ in range(core.cfg.election_ticks):
+        core.tick()  # past the startup window
+    _answers(core, Message(MsgType.HEARTBEAT, to=2, frm=1, term=5, commit=0))
+    assert core.leader == 1 and core.term == 5
+    _answers(core, Message(MsgType.PRE_VOTE_RESP, to=2, frm=3, term=6, reject=True))
+    assert core.term == 6 and core.leader == NONE
+    ask = Message(MsgType.VOTE, to=2, frm=3, term=7, index=0, log_term=0)
+    for _ in range(core.cfg.election_ticks - 1):
+        core.tick()
+        core.msgs.clear()  # (its own pre-campaign, if its timer fired)
+        assert _answers(core, ask) == [] and core.vote == NONE and core.term == 6
+    core.tick()
+    core.msgs.clear()
+    (resp,) = [m for m in _answers(core, ask) if m.to == 3]
+    assert resp.type == MsgType.VOTE_RESP and not resp.reject and core.vote == 3
+
+
+def _leader(commit: bool = True) -> RaftCore:
+    """Node 1, leader of term 1; with ``commit``, node 2's answer commits its first
+    entry."""
     core = RaftCore(Config(id=1), random.Random(0), InitialState(conf=VOTERS))
     for _ in range(3 * core.cfg.election_ticks):
         if core.role != Role.FOLLOWER:
@@ -96,6 +119,8 @@ def _leader() -> RaftCore:
     assert core.role == Role.LEADER
     rd = core.ready()
     core.advance(rd)
+    if not commit:
+        return core
     last = core.log.last_index()
     core.step(Message(MsgType.APP_RESP, to=1, frm=2, term=core.term, index=last))
     assert core.log.committed == last and core.log.term(last) == core.term
@@ -103,7 +128,7 @@ def _leader() -> RaftCore:
 
 
 def test_the_lease_may_hold_only_for_a_leader_that_committed_and_is_not_handing_over() -> None:
-    follower = _core(start_lease=True)
+    follower = _core(vote_lease=True)
     assert not follower.lease_may_hold()
     leader = _leader()
     assert leader.lease_may_hold()
@@ -115,10 +140,12 @@ def test_the_lease_may_hold_only_for_a_leader_that_committed_and_is_not_handing_
 
 
 def test_a_new_leader_has_no_lease_before_it_commits_in_its_term() -> None:
-    core = RaftCore(Config(id=1), random.Random(0), InitialState(
-        conf=VOTERS, entries=[Entry(1, 1)]))
-    core.term = 1
+    core = _leader(commit=False)
+    assert core.role == Role.LEADER and core.log.term(core.log.committed) != core.term
     assert not core.lease_may_hold()
+    last = core.log.last_index()
+    core.step(Message(MsgType.APP_RESP, to=1, frm=2, term=core.term, index=last))
+    assert core.lease_may_hold()
 
 
 # --- settings and the lease's length -------------------------------------------------
@@ -255,13 +282,44 @@ async def test_an_isolated_leader_stops_leased_reads_before_a_new_leader_writes(
         # Reads that began after the new value was acknowledged never saw the old one.
         stale = [(s - written_at, v) for s, _, v in served if s > written_at and v == "old"]
         assert not stale, f"stale reads from the isolated leader: {stale}"
-        # And no read was served from the lease once it had run out (no round could
-        # renew it after the isolation).
-        late = [s - isolated_at for s, _, v in served if s > isolated_at + lease.duration_s]
-        assert not late, f"reads served {late}s after the isolation"
+        # And none was served once a follower may have voted again: (election_ticks -
+        # 1) ticks after the last message it had from the old leader (no round could
+        # renew the lease after the isolation).
+        r = old.cfg.settings.replica
+        bound = (r.election_ticks - 1) * r.tick_ms / 1000
+        late = [s - isolated_at for s, _, v in served if s > isolated_at + bound]
+        assert not late, f"reads served {late}s after the isolation (bound {bound}s)"
         assert all(v == "old" for _, _, v in served)
     finally:
         for n in nodes:
             if n.transport is not None:
                 n.transport.faults.clear()
             await n.stop()
+
+
+async def test_ticks_are_never_closer_than_the_tick_interval(tmp_path: Path) -> None:
+    """After the event loop stalls for several ticks, the missed ticks are dropped, not
+    run in a burst: a follower's election timeout never runs fast."""
+    node = await single_node(tmp_path / "n1")
+    try:
+        replica = node.replicas[1]
+        core = replica.core
+        assert core is not None
+        interval = replica.settings.tick_ms / 1000
+        times: list[float] = []
+        tick = core.tick
+
+        def timed_tick() -> None:
+            times.append(time.monotonic())
+            tick()
+
+        core.tick = timed_tick  # type: ignore[method-assign]
+        await _until(lambda: len(times) >= 3, "three ticks")
+        time.sleep(5 * interval)  # the event loop stalls for five ticks
+        n = len(times)
+        await _until(lambda: len(times) >= n + 5, "five more ticks")
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert min(gaps) >= interval - 0.001, (interval, gaps)
+        assert max(gaps) >= 5 * interval  # (the stall is in there)
+    finally:
+        await node.stop()

@@ -68,10 +68,12 @@ class Config:
     max_apply_bytes: int = 64 << 20
     pre_vote: bool = True
     check_quorum: bool = True
-    start_lease: bool = False
-    """With check_quorum: a replica also ignores (pre-)votes of higher terms for its
-    first ``election_ticks`` ticks, as if it had just heard from a leader. A leader may
-    have counted it into a lease before it restarted (``kvraft.runtime.lease``)."""
+    vote_lease: bool = False
+    """With check_quorum: a replica ignores (pre-)votes of higher terms for
+    ``election_ticks`` ticks after it last heard from a leader, and after it started,
+    whatever its term or leader since (a higher-term answer clears ``leader``). Leader
+    leases (``kvraft.runtime.lease``) rest on it; without it, only a replica that still
+    has a leader and heard from it within the election timeout ignores votes."""
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -166,6 +168,8 @@ class RaftCore:
         """(index, term, membership) of each CONF entry after ``_base_index``."""
         self.step_down_pending = False
         self.ticks = 0
+        self.leader_contact = 0 if config.vote_lease else -config.election_ticks
+        """``ticks`` when this replica last heard from a leader (or started)."""
         self.leaving: set[int] = set()
         self.leaving_for = 0
         """Ticks since the removal of the ``leaving`` nodes committed."""

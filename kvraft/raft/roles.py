@@ -34,9 +34,11 @@ def step(r: RaftCore, m: Message) -> None:
             forced = m.type == MsgType.VOTE and m.ctx == CAMPAIGN_TRANSFER
             in_lease = r.cfg.check_quorum and (
                 (r.leader != NONE and r.election_elapsed < r.cfg.election_ticks)
-                # Just started: a leader may have counted this replica into its lease
-                # before it went down; it waits out an election timeout before voting.
-                or (r.cfg.start_lease and r.ticks < r.cfg.election_ticks))
+                # A leader may count this replica into its lease from its last contact
+                # (or from before a restart): it waits out an election timeout from
+                # then, even if a higher-term answer has cleared ``leader`` since.
+                or (r.cfg.vote_lease
+                    and r.ticks - r.leader_contact < r.cfg.election_ticks))
             if in_lease and not forced:
                 return  # a live leader exists: do not let this node disrupt it
         if m.type == MsgType.PRE_VOTE or (m.type == MsgType.PRE_VOTE_RESP and not m.reject):
@@ -89,6 +91,8 @@ def become_follower(r: RaftCore, term: int, leader: int) -> None:
     r.reset(term)
     r.role = Role.FOLLOWER
     r.leader = leader
+    if leader != NONE:
+        r.leader_contact = r.ticks
 
 
 def become_pre_candidate(r: RaftCore) -> None:
@@ -232,6 +236,7 @@ def _step_candidate(r: RaftCore, m: Message) -> None:
 def _accept_leader(r: RaftCore, m: Message) -> None:
     r.election_elapsed = 0
     r.leader = m.frm
+    r.leader_contact = r.ticks
 
 
 def _handle_append(r: RaftCore, m: Message) -> None:

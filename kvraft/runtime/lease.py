@@ -7,23 +7,33 @@ rounds themselves: a read near the lease's end starts one in the background.
 
 Why no other leader can commit while the lease holds
 ----------------------------------------------------
-Let L lead term t. At time ``T0`` on L's monotonic clock, L registers a ReadIndex
+Let L lead term t. At time ``T0`` on L's clock (see below), L registers a ReadIndex
 round; the heartbeats of that round leave after ``T0``. Say a quorum Q of the voters
 (L included) answers it. Each follower F in Q received a term-t message from L at some
 time ``R >= T0``; on it F reset ``election_elapsed`` to 0 and took L as its leader.
 
-1. *F refuses to vote.* Under check-quorum, a replica that has a leader and has heard
-   from it within ``election_ticks`` ticks ignores (pre-)votes of higher terms
-   (``raft.roles.step``), except a vote forced by a leadership transfer. A replica
-   that has just started also ignores them for its first ``election_ticks`` ticks, so
-   a restart does not make F forget what it promised. F's ticks are due at fixed
-   points of its monotonic clock and never run before them (a loop stalled for long
-   drops the ticks it missed), so F reaches ``election_ticks`` no sooner than
-   ``R + (election_ticks - 1) * tick``, less a millisecond of timer slack.
-2. *Any quorum holds such an F or L itself.* A candidate needs a quorum of votes, and
-   every quorum meets Q. L votes for no one while it leads (its own
-   ``election_elapsed`` stays below ``election_ticks``), and once it steps down it no
-   longer serves leased reads.
+1. *F refuses to vote.* Under check-quorum with ``Config.vote_lease`` (on in the
+   runtime), a replica ignores (pre-)votes of higher terms, except a vote forced by a
+   leadership transfer, for ``election_ticks`` ticks after it last heard from a leader
+   (``RaftCore.leader_contact``; ``raft.roles.step``). That holds whatever it learns
+   meanwhile: a higher-term answer that clears its ``leader`` does not end it. It also
+   holds for a replica's first ``election_ticks`` ticks after it starts, so a restart
+   does not make F forget what it promised. F's ticks are never less than ``tick``
+   apart by its monotonic clock (``Replica._ticker`` drops the ticks a stalled loop
+   missed instead of running them in a burst). So F votes no sooner than
+   ``R + (election_ticks - 1) * tick``.
+2. *Any quorum that can elect meets Q, or needs a candidate that heard from L.* Q is a
+   quorum of Mq, the newest membership in L's log when the round was confirmed. A
+   candidate wins a quorum of the newest membership in its own log. Only a candidate
+   whose log holds every committed entry can win, so that membership is one of:
+   - Mq;
+   - the one before Mq, when Mq is not yet committed. Memberships change by one
+     server at a time, so its quorums meet every quorum of Mq, Q included;
+   - one that L appended after T0. Then the candidate heard from L after T0, and it
+     campaigns no sooner than an election timeout after that, which is later than F
+     may vote.
+   L votes for no one while it leads (its own ``election_elapsed`` stays below
+   ``election_ticks``), and once it steps down it no longer serves leased reads.
 3. *A transfer ends the lease.* The TimeoutNow of a leadership transfer makes its
    target's votes override the followers' refusal. L stops using its lease in term t
    as soon as it begins a transfer (``RaftCore.lease_may_hold``), for good in that
@@ -31,28 +41,38 @@ time ``R >= T0``; on it F reset ``election_elapsed`` to 0 and took L as its lead
 4. *L's commit index is complete.* L serves leased reads only after committing an
    entry of term t. By then its commit index covers every write acknowledged by any
    leader. While no other leader exists, only L commits, and L acknowledges a write
-   only after its own commit index passes it.
+   only after its own commit index passes it. A leased read takes that index *before*
+   it reads the clock, so a delay between the two only makes the check stricter.
 
 So no other leader is elected before ``T0 + (election_ticks - 1) * tick`` on F's clock.
 L's lease ends at ``T0 + (election_ticks - 2) * tick * 0.9`` on its own clock. That is
-one tick and a tenth shorter, to absorb the difference in clock rates (NTP keeps it
-below 0.05%), timer slack, and a read being checked just before the lease ends.
+more than a tick shorter, to absorb the difference in clock rates (NTP keeps it below
+0.05%) and scheduling between reading the clock and answering.
 
 What this assumes, and why it is off by default
 -----------------------------------------------
-- Clocks advance at nearly the same rate.
+- Clocks advance at nearly the same rate. L's clock is ``CLOCK_BOOTTIME`` where there
+  is one: it keeps counting while the machine is suspended, so a leader that wakes from
+  a suspend finds its lease gone. (A pause after the check only delays the answer: the
+  read was current when checked.)
 - Every node of a group has the same ``tick_ms`` and ``election_ticks``.
-- A process is not suspended between reading the clock and checking the lease. A pause
-  after the check only delays the answer: the read was current when checked.
+- Every node runs a kvraft with ``vote_lease`` (this one or later): turn the setting on
+  only once a rolling upgrade has finished.
 
-ReadIndex needs none of this, so it stays the default. The lease is measured with
-``time.monotonic()`` when each read is checked, not with the event loop's cached clock.
-That clock can lag by a whole loop iteration.
+ReadIndex needs none of this, so it stays the default.
 """
 
 from __future__ import annotations
 
 import time
+
+
+def _boottime() -> float:
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+_clock = _boottime if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic
+"""The leader's clock for leases: it counts through a suspend where the OS allows."""
 
 LEASE_SAFETY = 0.9
 """The lease is this fraction of ``election_ticks - 2`` ticks (see the module)."""
@@ -79,7 +99,7 @@ class Lease:
 
     @staticmethod
     def now() -> float:
-        return time.monotonic()
+        return _clock()
 
     def confirmed(self, started: float, term: int) -> None:
         """A quorum round registered at ``started`` in ``term`` was confirmed."""

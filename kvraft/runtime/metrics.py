@@ -95,9 +95,17 @@ class Metrics:
                                      .0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1,
                                      2.5, 5, 10))
 
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        """(op, status) -> its counter and histogram (``labels()`` costs a lock and
+        a validation on every call; there are a few dozen pairs at most)."""
+
     def observe(self, op: str, code: int, seconds: float) -> None:
-        self.requests.labels(op, str(code)).inc()
-        self.latency.labels(op).observe(seconds)
+        pair = self._children.get((op, code))
+        if pair is None:
+            pair = self._children[(op, code)] = (self.requests.labels(op, str(code)),
+                                                 self.latency.labels(op))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     async def handle(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),

@@ -27,6 +27,7 @@ import heapq
 import logging
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -183,7 +184,7 @@ class Replica:
         s = self.settings
         cfg = Config(id=self.node_id, election_ticks=s.election_ticks,
                      heartbeat_ticks=s.heartbeat_ticks, max_msg_bytes=s.max_msg_bytes,
-                     max_inflight_msgs=s.max_inflight_msgs, start_lease=True)
+                     max_inflight_msgs=s.max_inflight_msgs, vote_lease=True)
         self.core = RaftCore(cfg, random.Random(), InitialState(
             conf=conf, hard_state=loaded.hard_state, snapshot=loaded.snapshot,
             entries=loaded.entries, applied=applied, log_start=loaded.log_start))
@@ -286,14 +287,19 @@ class Replica:
             self.core.report_unreachable(peer)
 
     async def _ticker(self) -> None:
+        """Tick the core every ``tick_ms``, never two ticks less than ``tick_ms`` apart
+        by the monotonic clock: after a stall the missed ticks are dropped, not run in a
+        burst. Ticks so run slow, never fast, which is what leases need: a follower
+        that hears from its leader votes no sooner than ``election_ticks - 1`` intervals
+        later (``kvraft.runtime.lease``)."""
         interval = self.settings.tick_ms / 1000
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        last = time.monotonic()
         while True:
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-            if loop.time() - next_at > interval * 5:
-                next_at = loop.time()  # we were stalled: do not fire a burst of ticks
+            wait = last + interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue  # (timers may fire a little early: check again)
+            last = time.monotonic()
             assert self.core is not None
             self.core.tick()
             self._wake.set()
@@ -337,13 +343,13 @@ class Replica:
         core = self._ready_core()
         lease = self.lease
         if lease is not None and core.lease_may_hold():
+            index = core.log.committed  # (taken before the clock: see the lease module)
             now = lease.now()
             if lease.valid(core.term, now):
                 if lease.wants_renewal(now):
                     lease.renewing = self._register_read(core, now)
                     self._wake.set()
                 lease.reads += 1
-                index = core.log.committed
                 if self.applied_index < index:
                     self._read_ctx += 1
                     heapq.heappush(self._parked_reads, (index, self._read_ctx))

@@ -83,7 +83,7 @@ class Cluster:
                       heartbeat_ticks=cfg.heartbeat_ticks,
                       max_inflight_msgs=cfg.max_inflight_msgs, max_msg_bytes=cfg.max_msg_bytes,
                       pre_vote=cfg.pre_vote, check_quorum=cfg.check_quorum,
-                      start_lease=cfg.check_quorum)
+                      vote_lease=cfg.check_quorum)
 
     def add_node(self, nid: int) -> SimNode:
         """Start a new node with an empty membership: it waits to be added."""
