@@ -159,7 +159,7 @@ class Replica:
                       if settings.lease_reads else None)
         """With ``lease_reads``: the leader lease (see ``kvraft.runtime.lease``)."""
         self._read_started: dict[int, tuple[float, int]] = {}
-        """With a lease: read ctx -> (monotonic time it was registered, term)."""
+        """With a lease: read ctx -> (the lease clock when it was registered, term)."""
 
     # --- lifecycle -------------------------------------------------------------------
 
