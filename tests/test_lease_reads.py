@@ -34,6 +34,7 @@ from kvraft.raft import (
 from kvraft.raft.roles import CAMPAIGN_TRANSFER
 from kvraft.runtime.lease import Lease, lease_seconds
 from kvraft.runtime.node import Node, NodeConfig
+from kvraft.runtime.replica import Replica
 from kvraft.testing import free_port
 from kvraft.testing.inprocess import single_node
 
@@ -203,24 +204,30 @@ def _leader_of(nodes: list[Node]) -> Node | None:
     return next((n for n in nodes if n.replicas[1].soft.role == Role.LEADER), None)
 
 
+async def _written(nodes: list[Node], addrs: dict[int, str], key: str, value: str
+                   ) -> tuple[Node, Replica, Lease]:
+    """Write ``key`` through a client; the leader that took it, its replica and lease."""
+    async with AsyncClient(",".join(addrs.values())) as c:
+        await c.put(key, value)
+    lead = _leader_of(nodes)
+    assert lead is not None
+    replica = lead.replicas[1]
+    assert replica.lease is not None and replica.core is not None
+    return lead, replica, replica.lease
+
+
 async def test_leased_reads_skip_the_quorum_round(tmp_path: Path) -> None:
     nodes, addrs = await _cluster(tmp_path)
     try:
+        lead, replica, lease = await _written(nodes, addrs, "k", "v1")
+        assert replica.core is not None
         async with AsyncClient(",".join(addrs.values())) as c:
-            await c.put("k", "v1")
-            lead = _leader_of(nodes)
-            assert lead is not None
-            replica = lead.replicas[1]
-            lease = replica.lease
-            assert lease is not None and replica.core is not None
             rounds0, reads0 = replica.core.read_seq, lease.reads
             t0 = time.monotonic()
-            for i in range(300):
+            for _ in range(151):
                 assert await lead.get("k", timeout_s=10.0) == "v1"
-                if i == 150:
-                    await c.put("k", "v2")  # a write in between is seen at once
-                    assert await lead.get("k", timeout_s=10.0) == "v2"
-                    break
+            await c.put("k", "v2")  # a write in between is seen at once
+            assert await lead.get("k", timeout_s=10.0) == "v2"
             elapsed = time.monotonic() - t0
             rounds = replica.core.read_seq - rounds0
             served = lease.reads - reads0
@@ -240,13 +247,7 @@ async def test_an_isolated_leader_stops_leased_reads_before_a_new_leader_writes(
         tmp_path: Path) -> None:
     nodes, addrs = await _cluster(tmp_path)
     try:
-        async with AsyncClient(",".join(addrs.values())) as c:
-            await c.put("x", "old")
-        old = _leader_of(nodes)
-        assert old is not None
-        old_replica = old.replicas[1]
-        lease = old_replica.lease
-        assert lease is not None
+        old, old_replica, lease = await _written(nodes, addrs, "x", "old")
         # A read before the isolation: its round gives the leader a lease.
         assert await old.get("x", timeout_s=10.0) == "old"
         assert lease.term == old_replica.soft.term
