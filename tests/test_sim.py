@@ -558,8 +558,8 @@ def _count_commit(r: RaftCore) -> bool:
     r.bcast_pending = True
     if r.reads_before_commit:
         waiting, r.reads_before_commit = r.reads_before_commit, []
-        for ctx in waiting:
-            roles.register_read(r, ctx)
+        for ctx, frm in waiting:
+            roles.register_read(r, ctx, frm)
     return True
 
 
@@ -649,10 +649,10 @@ def test_checkers_catch_unpersisted_votes() -> None:
     assert not r.ok and r.error.startswith("[election-safety]")
 
 
-def _unconfirmed_read(r: RaftCore, ctx: int) -> None:
+def _unconfirmed_read(r: RaftCore, ctx: int, frm: int) -> None:
     """register_read without the quorum round: answers from the local commit index."""
     r.read_seq += 1
-    r.add_read_state(ctx, r.log.committed)
+    roles._read_confirmed(r, ctx, r.log.committed, frm)
 
 
 def test_checkers_catch_reads_without_quorum(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,6 +41,7 @@ from kvraft.raft.types import (
     EntryKind,
     HardState,
     Message,
+    MsgType,
     ReadState,
     Ready,
     Role,
@@ -189,7 +190,10 @@ class RaftCore:
         self.msgs: list[Message] = []
         self.read_seq = 0
         self.pending_reads: deque[PendingRead] = deque()
-        self.reads_before_commit: list[int] = []
+        self.reads_before_commit: list[tuple[int, int]] = []
+        """(ctx, asking node) of reads waiting for this leader's first commit."""
+        self.forwarded_reads: dict[int, int] = {}
+        """A follower's reads sent to its leader: ctx -> ``ticks`` when sent."""
         self.read_states: list[ReadState] = []
         self.dropped_reads: list[int] = []
         self.bcast_pending = False
@@ -213,6 +217,8 @@ class RaftCore:
         if self.role == Role.LEADER:
             roles.tick_leader(self)
         else:
+            if self.forwarded_reads:
+                roles.expire_forwarded_reads(self)
             roles.tick_election(self)
 
     def step(self, m: Message) -> None:
@@ -289,20 +295,32 @@ class RaftCore:
         return ConfHistory(self._base_conf, tuple((i, c) for i, _, c in self._conf_points),
                            self._base_index)
 
-    def read_index(self, ctx: int) -> None:
+    def read_index(self, ctx: int, *, forward: bool = False) -> None:
         """Ask to serve a linearizable read identified by ``ctx``.
 
         The read appears in ``Ready.read_states`` as (ctx, index) once a quorum has
         confirmed this replica still leads, with ``index`` = the commit index when the
         read was registered; serve it once the applied index reaches ``index``.
         If leadership is lost first, ``ctx`` appears in ``Ready.dropped_reads``.
+
+        ``forward``: on a follower (or learner) that knows its leader, ask the leader
+        for the index instead (a follower read): the leader runs the same quorum round
+        and answers with its commit index, and this replica serves the read from its own
+        state once it has applied that far. It is dropped if the leader refuses, if this
+        replica's term or leader changes, or if no answer comes within an election
+        timeout. Raises NotLeader when there is no leader to ask.
         """
         if self.role != Role.LEADER:
-            raise NotLeader(self.leader, self.term)
-        if self.log.term(self.log.committed) != self.term:
-            self.reads_before_commit.append(ctx)
+            if not forward or self.leader == NONE or self.role != Role.FOLLOWER:
+                raise NotLeader(self.leader, self.term)
+            self.forwarded_reads[ctx] = self.ticks
+            self.send(Message(MsgType.READ_INDEX, to=self.leader, frm=self.id,
+                              term=self.term, ctx=ctx))
             return
-        roles.register_read(self, ctx)
+        if self.log.term(self.log.committed) != self.term:
+            self.reads_before_commit.append((ctx, self.id))
+            return
+        roles.register_read(self, ctx, self.id)
 
     def transfer_leadership(self, target: int) -> None:
         """Hand leadership to ``target`` once it is caught up (best effort)."""
@@ -525,10 +543,14 @@ class RaftCore:
             self.prs[p] = pr
 
     def _drop_reads(self) -> None:
-        self.dropped_reads.extend(r.ctx for r in self.pending_reads)
-        self.dropped_reads.extend(self.reads_before_commit)
+        # Reads other replicas forwarded are dropped silently: each of them drops its
+        # own when its term or leader changes, or after an election timeout.
+        self.dropped_reads.extend(r.ctx for r in self.pending_reads if r.frm == self.id)
+        self.dropped_reads.extend(c for c, frm in self.reads_before_commit if frm == self.id)
+        self.dropped_reads.extend(self.forwarded_reads)
         self.pending_reads.clear()
         self.reads_before_commit = []
+        self.forwarded_reads = {}
 
     def _reset_randomized_timeout(self) -> None:
         e = self.cfg.election_ticks

@@ -211,6 +211,10 @@ def _step_follower(r: RaftCore, m: Message) -> None:
         _handle_snapshot(r, m)
     elif t == MsgType.TIMEOUT_NOW and r.promotable():
         campaign(r, pre=False, transfer=True)
+    elif t == MsgType.READ_INDEX_RESP:
+        _forwarded_read_answered(r, m)
+    elif t == MsgType.READ_INDEX:
+        _refuse_read(r, m)  # not the leader (any more): the asker drops the read
 
 
 def _step_candidate(r: RaftCore, m: Message) -> None:
@@ -218,6 +222,9 @@ def _step_candidate(r: RaftCore, m: Message) -> None:
     if t in _FROM_LEADER:
         become_follower(r, m.term, m.frm)
         _step_follower(r, m)
+        return
+    if t == MsgType.READ_INDEX:
+        _refuse_read(r, m)
         return
     expected = MsgType.PRE_VOTE_RESP if r.role == Role.PRE_CANDIDATE else MsgType.VOTE_RESP
     if t != expected:
@@ -301,6 +308,8 @@ def _step_leader(r: RaftCore, m: Message) -> None:
         if pr.match < r.log.last_index():
             send_append(r, m.frm)
         _ack_read(r, m.frm, m.ctx)
+    elif m.type == MsgType.READ_INDEX:
+        _leader_read_index(r, m)
 
 
 def _handle_append_reject(r: RaftCore, m: Message) -> None:
@@ -349,8 +358,8 @@ def maybe_commit(r: RaftCore) -> bool:
             r.step_down_pending = True  # our removal is committed (see step_down_removed)
     if first_in_term and r.reads_before_commit:
         waiting, r.reads_before_commit = r.reads_before_commit, []
-        for ctx in waiting:
-            register_read(r, ctx)
+        for ctx, frm in waiting:
+            register_read(r, ctx, frm)
     return True
 
 
@@ -420,16 +429,61 @@ class PendingRead:
     seq: int
     ctx: int
     index: int
+    frm: int
+    """The replica that asked: this leader, or a follower that forwarded the read."""
 
 
-def register_read(r: RaftCore, ctx: int) -> None:
+def register_read(r: RaftCore, ctx: int, frm: int) -> None:
     r.read_seq += 1
     r.prs[r.id].read_ack = r.read_seq
     if r.conf.voters == {r.id}:
-        r.add_read_state(ctx, r.log.committed)
+        _read_confirmed(r, ctx, r.log.committed, frm)
         return
-    r.pending_reads.append(PendingRead(r.read_seq, ctx, r.log.committed))
+    r.pending_reads.append(PendingRead(r.read_seq, ctx, r.log.committed, frm))
     r.read_bcast_pending = True
+
+
+def _read_confirmed(r: RaftCore, ctx: int, index: int, frm: int) -> None:
+    if frm == r.id:
+        r.add_read_state(ctx, index)
+    else:
+        r.send(Message(MsgType.READ_INDEX_RESP, to=frm, frm=r.id, term=r.term, ctx=ctx,
+                       index=index))
+
+
+def _leader_read_index(r: RaftCore, m: Message) -> None:
+    """A follower forwarded a read: confirm leadership as for one of our own, then
+    answer with the commit index at registration."""
+    if m.frm not in r.prs:
+        _refuse_read(r, m)
+    elif r.log.term(r.log.committed) != r.term:
+        r.reads_before_commit.append((m.ctx, m.frm))
+    else:
+        register_read(r, m.ctx, m.frm)
+
+
+def _refuse_read(r: RaftCore, m: Message) -> None:
+    r.send(Message(MsgType.READ_INDEX_RESP, to=m.frm, frm=r.id, term=r.term, ctx=m.ctx,
+                   reject=True))
+
+
+def _forwarded_read_answered(r: RaftCore, m: Message) -> None:
+    if m.frm != r.leader or r.forwarded_reads.pop(m.ctx, None) is None:
+        return  # dropped already (timed out), or from a node that no longer leads us
+    if m.reject:
+        r.dropped_reads.append(m.ctx)
+    else:
+        r.add_read_state(m.ctx, m.index)
+
+
+def expire_forwarded_reads(r: RaftCore) -> None:
+    """Drop forwarded reads unanswered for an election timeout (a lost message, or a
+    leader that lost its leadership without this replica noticing yet)."""
+    horizon = r.ticks - r.cfg.election_ticks
+    late = [ctx for ctx, sent in r.forwarded_reads.items() if sent <= horizon]
+    for ctx in late:
+        del r.forwarded_reads[ctx]
+        r.dropped_reads.append(ctx)
 
 
 def _ack_read(r: RaftCore, peer: int, seq: int) -> None:
@@ -447,7 +501,7 @@ def recheck_reads(r: RaftCore) -> None:
     confirmed = committed_index(r.conf.voters, {p: q.read_ack for p, q in r.prs.items()})
     while r.pending_reads and r.pending_reads[0].seq <= confirmed:
         rd = r.pending_reads.popleft()
-        r.add_read_state(rd.ctx, rd.index)
+        _read_confirmed(r, rd.ctx, rd.index, rd.frm)
 
 
 def step_down_removed(r: RaftCore) -> None:

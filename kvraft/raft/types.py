@@ -112,6 +112,8 @@ class MsgType(IntEnum):
     HEARTBEAT_RESP = 8
     SNAP = 9
     TIMEOUT_NOW = 10
+    READ_INDEX = 11
+    READ_INDEX_RESP = 12
 
 
 @dataclass(slots=True)
@@ -128,6 +130,9 @@ class Message:
     - ``HEARTBEAT``: ``commit`` and ``ctx``; ``HEARTBEAT_RESP`` echoes ``ctx``.
     - ``VOTE``/``PRE_VOTE``: ``index``/``log_term`` are the candidate's last entry.
     - ``SNAP``: ``snapshot`` describes the snapshot the sender's runtime streams separately.
+    - ``READ_INDEX``: a follower asks its leader for a read index; ``ctx`` is the
+      follower's read. ``READ_INDEX_RESP`` echoes ``ctx`` with ``index`` = the leader's
+      commit index once a quorum confirmed it still leads (``reject``: it cannot).
     """
 
     type: MsgType

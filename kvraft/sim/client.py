@@ -64,7 +64,8 @@ class Client:
         self.next_ctx = 0
         self.reads: dict[int, Read] = {}
         self.stats = {"proposed": 0, "rejected": 0, "acked": 0, "failed": 0, "unknown": 0,
-                      "reads": 0, "reads_served": 0, "reads_dropped": 0, "reads_lost": 0}
+                      "reads": 0, "reads_served": 0, "reads_dropped": 0, "reads_lost": 0,
+                      "follower_reads": 0}
 
     # --- writes -------------------------------------------------------------------------
 
@@ -126,18 +127,20 @@ class Client:
 
     # --- reads --------------------------------------------------------------------------
 
-    def read(self, node: SimNode) -> Read | None:
+    def read(self, node: SimNode, *, forward: bool = False) -> Read | None:
         c = self.cluster
         self.next_ctx += 1
         ctx = self.next_ctx
         r = Read(ctx, node.id, node.incarnation, c.now_ticks(), len(self.acked),
                  self.max_acked_index)
         try:
-            node.read_index(ctx)
+            node.read_index(ctx, forward=forward)
         except NotLeader:
             return None
         self.reads[ctx] = r
         self.stats["reads"] += 1
+        if forward:
+            self.stats["follower_reads"] += 1
         c.trace(f"n{node.id} read ctx={ctx} (must see index >= {r.min_index})", level=2)
         return r
 

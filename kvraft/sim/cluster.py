@@ -458,6 +458,13 @@ class Cluster:
             self.client.propose(node)
 
     def _client_read(self) -> None:
+        if self.cfg.follower_reads and self.rng.random() < self.cfg.follower_reads:
+            members = self.members()
+            followers = [n for n in self.up_nodes()
+                         if n.id in members and n.the_core().role != Role.LEADER]
+            if followers:
+                self.client.read(self.rng.choice(followers), forward=True)
+                return
         node = self._client_target()
         if node is not None:
             self.client.read(node)
@@ -575,6 +582,7 @@ class Cluster:
                 f"{membership}"
                 f"proposed={s['proposed']} acked={s['acked']} failed={s['failed']} "
                 f"unknown={s['unknown']} reads={s['reads']} served={s['reads_served']} "
-                f"msgs={self.network.sent} dropped={self.network.dropped} "
+                + (f"follower_reads={s['follower_reads']} " if s["follower_reads"] else "")
+                + f"msgs={self.network.sent} dropped={self.network.dropped} "
                 f"lost={self.network.lost} dup={self.network.duplicated} "
                 f"reordered={self.network.reordered} {ev}")

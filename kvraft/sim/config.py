@@ -113,6 +113,9 @@ class SimConfig:
     """Mean proposals per tick."""
     read_rate: float = 0.2
     """Mean read_index calls per tick."""
+    follower_reads: float = 0.0
+    """Share of reads sent to a follower, which forwards them to its leader (a follower
+    read) and serves them from its own state machine; 0 sends none."""
 
     # --- checking -------------------------------------------------------------------
     liveness_factor: int = 10

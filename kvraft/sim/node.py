@@ -249,9 +249,9 @@ class SimNode:
         finally:
             self._after_op()
 
-    def read_index(self, ctx: int) -> None:
+    def read_index(self, ctx: int, *, forward: bool = False) -> None:
         try:
-            self.the_core().read_index(ctx)
+            self.the_core().read_index(ctx, forward=forward)
         finally:
             self._after_op()
 

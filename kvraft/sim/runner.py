@@ -89,14 +89,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--membership", action="store_true",
                     help="also change the membership at random (learners added and "
                          "promoted, voters removed, the leader replaced)")
+    ap.add_argument("--follower-reads", action="store_true",
+                    help="send half the reads to followers, which ask their leader for "
+                         "the read index and serve them from their own state")
     ap.add_argument("-v", "--verbose", action="count", default=0,
                     help="-v: faults, elections, commits; -vv: also clients; "
                          "-vvv: also every message")
     args = ap.parse_args(argv)
+    extra: dict[str, Any] = {"follower_reads": 0.5} if args.follower_reads else {}
 
     if args.seed is not None:
         res = run_seed(args.seed, args.nodes, args.ticks, verbose=args.verbose,
-                       membership=args.membership)
+                       membership=args.membership, **extra)
         print(("OK " if res.ok else "FAIL ") + f"seed={res.seed} nodes={res.nodes} "
               f"ticks={res.ticks} ({res.seconds:.1f}s) {res.summary}")
         if not res.ok:
@@ -109,13 +113,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sysrng = random.SystemRandom()
         seeds = [sysrng.randrange(1 << 32) for _ in range(n)]
-    m = " --membership" if args.membership else ""
+    m = (" --membership" if args.membership else "") + (
+        " --follower-reads" if args.follower_reads else "")
     failures = 0
     t0 = time.perf_counter()
     for seed in seeds:
         if args.start is None:
             print(f"seed {seed}", flush=True)
-        res = run_seed(seed, args.nodes, args.ticks, membership=args.membership)
+        res = run_seed(seed, args.nodes, args.ticks, membership=args.membership, **extra)
         if not res.ok:
             failures += 1
             print(f"FAIL seed={seed} nodes={args.nodes} ticks={args.ticks}: {res.error}  "
