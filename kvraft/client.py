@@ -237,12 +237,20 @@ class AsyncClient:
     ``token``: a client token (``shardctl token create``), sent as ``Authorization:
     Bearer``; a refused one raises :class:`~kvraft.errors.Unauthorized` (or
     :class:`~kvraft.errors.Forbidden` for a call its role does not allow).
+    ``read_from``: where gets and scans go. ``"leader"`` (the default) sends them to
+    the group's leader. ``"any"`` spreads them over all the group's members and
+    ``"follower"`` over the members other than the leader it knows: a follower asks its
+    leader for a read index and serves the read from its own state once it has applied
+    that far, so every read stays linearizable and the leader does none of the serving.
     """
 
     def __init__(self, addresses: Sequence[str] | str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                  attempt_timeout_s: float = 1.0, recorder: HistoryRecorder | None = None,
                  name: str | None = None, stream: bool = True, tls: TLS | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, read_from: str = "leader") -> None:
+        if read_from not in ("leader", "any", "follower"):
+            raise errors.InvalidArgument('read_from must be "leader", "any" or "follower"')
+        self.read_from = read_from
         if isinstance(addresses, str):
             addresses = addresses.split(",")
         self.addresses = [_norm_addr(a) for a in addresses]
@@ -337,6 +345,8 @@ class AsyncClient:
             q = {"start": cur, "limit": str(want)}
             if end is not None:
                 q["end"] = end
+            if self.read_from != "leader":
+                q["read"] = "follower"
             path = "/v1/scan?" + urllib.parse.urlencode(q)
             a = await self._call(None, "GET", path, cur, None, write=None, scan=True)
             items = [(str(k), str(v)) for k, v in a.body.get("items", [])]
@@ -477,6 +487,7 @@ class AsyncClient:
         wrong = 0
         redirect: str | None = None
         hops = 0
+        spread = write is None and self.read_from != "leader"
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -493,11 +504,17 @@ class AsyncClient:
                     await self._refresh_map(num)
                 continue
             addr = self._leaders.get(gid)
-            if redirect is not None:
-                addr, redirect = redirect, None  # where the last answer sent us
-            elif addr is not None and addr not in members:
+            if addr is not None and addr not in members:
                 del self._leaders[gid]  # that node left the group (a membership change)
                 addr = None
+            if redirect is not None:
+                addr, redirect = redirect, None  # where the last answer sent us
+            elif spread:
+                # A follower read: any member serves it (one of the others than the
+                # leader we know, with "follower").
+                pool = [m for m in members if m != addr] if self.read_from == "follower" else []
+                pool = pool or members
+                addr = pool[next(self._rr) % len(pool)]
             addr = addr or members[next(self._rr) % len(members)]
             timeout_ms = max(1, int(min(remaining, self.attempt_timeout_s) * 1000))
             session = None
@@ -506,17 +523,19 @@ class AsyncClient:
                 session = (sess.client_id, seq, min(sess.ack_below(), seq))
             try:
                 a = await self._attempt(addr, op, method, path, key, value, num, timeout_ms,
-                                        session, min(remaining, self.attempt_timeout_s) + 0.5)
+                                        session, min(remaining, self.attempt_timeout_s) + 0.5,
+                                        spread)
             except (aiohttp.ClientConnectorError, ConnectionRefusedError, _NotSent) as e:
                 last_error = f"{addr}: {e}"
-                self._leaders.pop(gid, None)
+                self._forget_leader(gid, addr)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 st.maybe_applied = st.maybe_applied or write is not None
                 last_error = f"{addr}: {type(e).__name__} {e}"
-                self._leaders.pop(gid, None)
+                self._forget_leader(gid, addr)
             else:
                 if a.status < 300 or (a.status == 404 and write is None and not scan):
-                    self._leaders[gid] = addr
+                    if not spread:  # (a follower read may have been served by a follower)
+                        self._leaders[gid] = addr
                     return a
                 code = a.body.get("error", "")
                 if a.status == 307 and a.leader:
@@ -566,7 +585,7 @@ class AsyncClient:
                         "no_leader", "unavailable")):
                     st.maybe_applied = st.maybe_applied or write is not None
                 last_error = f"{addr}: {a.status} {code} {a.body.get('message', '')}".strip()
-                self._leaders.pop(gid, None)
+                self._forget_leader(gid, addr)
             await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, 0.2)
         if st.maybe_applied:
@@ -574,15 +593,26 @@ class AsyncClient:
                                         f"(last: {last_error})")
         raise errors.Unavailable(f"no answer within {self.timeout_s:.1f}s (last: {last_error})")
 
+    def _forget_leader(self, gid: int, addr: str) -> None:
+        """``addr`` failed: if it is the leader we know, forget it (a follower that
+        failed a follower read says nothing about the leader)."""
+        if self._leaders.get(gid) == addr:
+            del self._leaders[gid]
+
     async def _attempt(self, addr: str, op: str | None, method: str, path: str, key: str,
                        value: str | None, num: int, timeout_ms: int,
-                       session: tuple[str, int, int] | None, timeout_s: float) -> _Attempt:
+                       session: tuple[str, int, int] | None, timeout_s: float,
+                       follower: bool = False) -> _Attempt:
         if op is not None and self.stream and addr not in self._no_stream:
             st = await self._stream_to(addr)
             if st is not None:
                 cid, seq, ack = session or ("", 0, 0)
-                return await st.call([op, key, value, cid, seq, ack, num, timeout_ms],
-                                     len(key) + len(value or ""), timeout_s)
+                fields: list[Any] = [op, key, value, cid, seq, ack, num, timeout_ms]
+                if follower:
+                    fields.append("follower")
+                return await st.call(fields, len(key) + len(value or ""), timeout_s)
+        if follower and op == "get":
+            path += "?read=follower"
         headers = {"X-Kvraft-Timeout-Ms": str(timeout_ms), "X-Kvraft-Config": str(num)}
         if session is not None:
             headers.update({"X-Kvraft-Client": session[0], "X-Kvraft-Seq": str(session[1]),

@@ -576,9 +576,10 @@ class Node(ShardServiceMixin, MembershipMixin):
         assert isinstance(st, StateStore)
         return st
 
-    async def get(self, key: str, *, timeout_s: float, num: int = 0) -> str | None:
+    async def get(self, key: str, *, timeout_s: float, num: int = 0,
+                  follower: bool = False) -> str | None:
         r = await self._route(key, num)
-        await r.read_barrier(timeout_s=timeout_s)
+        await r.read_barrier(timeout_s=timeout_s, follower=follower)
         try:
             return self._kv_store(r).read_owned(key)
         except NotOwned as e:

@@ -160,6 +160,8 @@ class Replica:
         """With ``lease_reads``: the leader lease (see ``kvraft.runtime.lease``)."""
         self._read_started: dict[int, tuple[float, int]] = {}
         """With a lease: read ctx -> (the lease clock when it was registered, term)."""
+        self.follower_reads = 0
+        """Reads this replica served as a follower (with a read index from its leader)."""
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -337,10 +339,27 @@ class Replica:
             self._proposals.pop(index, None)
             raise errors.OutcomeUnknown(f"{what} not committed within {timeout_s:.1f}s") from None
 
-    async def read_barrier(self, *, timeout_s: float) -> None:
+    async def read_barrier(self, *, timeout_s: float, follower: bool = False) -> None:
         """Return once a linearizable read may be served from state.db: after a quorum
-        round (ReadIndex), or under the leader lease when ``lease_reads`` is on."""
+        round (ReadIndex), or under the leader lease when ``lease_reads`` is on.
+
+        ``follower``: a follower serves the read too (a follower read). It asks its
+        leader for a read index (the leader confirms its leadership with a quorum round,
+        as for its own reads) and returns once it has applied that far: every write
+        acknowledged before the read began is then in state.db here. Raises NotLeader
+        (naming the leader) when there is no leader to ask or the leader refused."""
         core = self._ready_core()
+        if follower and core.role != Role.LEADER:
+            self._read_ctx += 1
+            ctx = self._read_ctx
+            try:
+                core.read_index(ctx, forward=True)
+            except CoreNotLeader as e:
+                raise self._not_leader(e.leader) from None
+            self._wake.set()
+            await self._await_read(ctx, timeout_s)
+            self.follower_reads += 1
+            return
         lease = self.lease
         if lease is not None and core.lease_may_hold():
             index = core.log.committed  # (taken before the clock: see the lease module)
@@ -720,6 +739,7 @@ class Replica:
             "progress": {str(p): {"match": m, "next": n, "state": s.lower()}
                          for p, (m, n, s) in st.progress.items()},
             "pending_proposals": len(self._proposals), "pending_reads": len(self._reads),
+            "follower_reads": self.follower_reads,
             "lease": None if self.lease is None else {
                 "reads": self.lease.reads,
                 "remaining_ms": max(0, round((self.lease.until - self.lease.now()) * 1000))

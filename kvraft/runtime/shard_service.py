@@ -92,9 +92,9 @@ class ShardServiceMixin:
                 "node": self.cfg.node_id, "groups_here": sorted(self.replicas)}
 
     async def scan(self, start: str, end: str | None, limit: int, *, timeout_s: float,
-                   num: int) -> dict[str, Any]:
+                   num: int, follower: bool = False) -> dict[str, Any]:
         r = await self._route(start, num)  # type: ignore[attr-defined]
-        await r.read_barrier(timeout_s=timeout_s)
+        await r.read_barrier(timeout_s=timeout_s, follower=follower)
         try:
             items, range_end, gnum = await asyncio.get_running_loop().run_in_executor(
                 None, self._data(r.group_id).scan_owned, start, end, limit)

@@ -6,7 +6,9 @@ msgpack array of requests; each request is an array
 ``get``, ``put``, ``append``, ``delete`` (``value`` is nil for get and delete; the session
 fields are those of the HTTP headers ``X-Kvraft-Client``/``-Seq``/``-Ack``, empty/0 for
 none; ``config`` and ``timeout_ms`` those of ``X-Kvraft-Config``/``-Timeout-Ms``, 0 for
-the default). Each binary message from the node is a msgpack array of answers
+the default). A get may carry a tenth field, ``read``: ``"follower"`` lets a follower
+serve it (as ``?read=follower`` over HTTP), ``"leader"`` or nil the default. Each
+binary message from the node is a msgpack array of answers
 ``[id, status, body]``: ``status`` and ``body`` are exactly what the HTTP route would
 answer (the same JSON document, as a msgpack map), so every client retry rule reads both
 the same. Answers come in completion order, batched: whatever completed while the last
@@ -44,6 +46,7 @@ from kvraft.transport.http_api import (
     Observe,
     check_key,
     check_num,
+    check_read,
     check_timeout,
     command,
     error_doc,
@@ -94,17 +97,19 @@ class ClientStreamAPI:
     async def answer(self, req: Any, may_write: bool = True) -> list[Any]:
         """``[id, status, body]`` for one request (never raises)."""
         t0 = time.perf_counter()
-        if not isinstance(req, list) or len(req) != FIELDS or not isinstance(req[0], int):
+        if (not isinstance(req, list) or not FIELDS <= len(req) <= FIELDS + 1
+                or not isinstance(req[0], int)):
             raise _Unreadable("a request must be [id, op, key, value, client, seq, ack, "
-                              "config, timeout_ms]")
-        rid, op, key, value, cid, seq, ack, num, timeout_ms = req
+                              "config, timeout_ms] or that and read")
+        rid, op, key, value, cid, seq, ack, num, timeout_ms = req[:FIELDS]
         if not isinstance(op, str):
             op = repr(op)[:20]
         try:
             timeout_s = check_timeout(self.limits, timeout_ms or None)
             if op == "get":
+                follower = len(req) > FIELDS and check_read(req[FIELDS])
                 got = await self.service.get(check_key(self.limits, key), timeout_s=timeout_s,
-                                             num=check_num(num or None))
+                                             num=check_num(num or None), follower=follower)
                 status, body = ((200, {"key": key, "value": got}) if got is not None else
                                 (404, {"error": "not_found", "key": key,
                                        "message": "key not found"}))

@@ -3,6 +3,7 @@
 Routes (``{key}`` is the URL-encoded key; it may contain ``/``):
 
 - ``GET    /v1/kv/{key}``      -> 200 ``{"key", "value"}``; 404 if absent
+  (``?read=follower``: a follower serves it too, see below)
 - ``PUT    /v1/kv/{key}``      body = the value (raw UTF-8, or JSON ``{"value": ...}``)
 - ``POST   /v1/append/{key}``  body as for PUT; appends (creates the key if absent)
 - ``DELETE /v1/kv/{key}``      -> 200 ``{"deleted": bool}``
@@ -12,7 +13,10 @@ Routes (``{key}`` is the URL-encoded key; it may contain ``/``):
 Writes may carry a client session in headers (``X-Kvraft-Client``, ``X-Kvraft-Seq``,
 ``X-Kvraft-Ack``) so that a retried write takes effect once. A node that is not the
 leader answers ``307`` with the leader's URL in ``Location`` (``curl -L`` follows it)
-and in the JSON body. Every error has a JSON body ``{"error": code, "message": ...}``;
+and in the JSON body. Reads are linearizable either way: with ``?read=follower`` a
+follower (or learner) of the key's group serves the read itself, once its leader has
+confirmed a read index with a quorum round and the follower has applied that far; it
+redirects only when it knows no leader or its leader refused. Every error has a JSON body ``{"error": code, "message": ...}``;
 all exceptions are mapped to status codes in :func:`error_response`, and nothing a
 client sends can crash the node.
 """
@@ -47,7 +51,8 @@ CONFIG_HEADER = "X-Kvraft-Config"
 class KVService(Protocol):
     """What the HTTP layer needs from the node (implemented by the runtime)."""
 
-    async def get(self, key: str, *, timeout_s: float, num: int = 0) -> str | None: ...
+    async def get(self, key: str, *, timeout_s: float, num: int = 0,
+                  follower: bool = False) -> str | None: ...
     async def write(self, cmd: Command, *, timeout_s: float) -> Result: ...
     def status(self) -> dict[str, Any]: ...
 
@@ -154,6 +159,15 @@ def check_timeout(limits: Limits, raw: object) -> float:
     return ms / 1000
 
 
+def check_read(raw: object) -> bool:
+    """The ``read`` option of a get or scan: True for a follower read."""
+    if raw is None or raw == "" or raw == "leader":
+        return False
+    if raw == "follower":
+        return True
+    raise errors.InvalidArgument("read must be leader or follower")
+
+
 def check_session(limits: Limits, cid: object, seq: object, ack: object) -> tuple[str, int, int]:
     """(client id, seq, ack) of a write's session; ("", 0, 0) for none."""
     if not cid:
@@ -258,7 +272,8 @@ class ClientAPI:
     async def handle_get(self, request: web.Request) -> web.StreamResponse:
         key = self._key(request)
         value = await self.service.get(key, timeout_s=self._timeout(request),
-                                       num=self._num(request))
+                                       num=self._num(request),
+                                       follower=check_read(request.query.get("read")))
         if value is None:
             return _json(404, {"error": "not_found", "key": key, "message": "key not found"})
         return _json(200, {"key": key, "value": value})

@@ -39,7 +39,7 @@ from aiohttp import web
 
 from kvraft import errors
 from kvraft.config import Limits
-from kvraft.transport.http_api import Observe, error_response
+from kvraft.transport.http_api import Observe, check_read, error_response
 
 
 class ShardService(Protocol):
@@ -47,7 +47,7 @@ class ShardService(Protocol):
 
     async def shard_map(self, *, fresh: bool) -> dict[str, Any]: ...
     async def scan(self, start: str, end: str | None, limit: int, *, timeout_s: float,
-                   num: int) -> dict[str, Any]: ...
+                   num: int, follower: bool = False) -> dict[str, Any]: ...
     async def ctrl_query(self, num: int, *, timeout_s: float) -> dict[str, Any]: ...
     async def ctrl_command(self, doc: dict[str, Any], *, timeout_s: float) -> dict[str, Any]: ...
     async def ctrl_tokens(self, since: int, *, timeout_s: float) -> dict[str, Any]: ...
@@ -177,8 +177,9 @@ class ShardAPI:
             num = self._qint_header(request)
         if end is not None and end <= start:
             return _json(200, {"items": [], "range_end": end, "num": 0})
+        follower = check_read(request.query.get("read"))
         return _json(200, await self.service.scan(start, end, limit, timeout_s=self.timeout_s,
-                                                  num=num))
+                                                  num=num, follower=follower))
 
     async def handle_config(self, request: web.Request) -> web.StreamResponse:
         num = self._qint(request, "num", -1, -1, MAX_ID)
