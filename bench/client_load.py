@@ -116,20 +116,23 @@ def main() -> None:
     ap.add_argument("--uvloop", action="store_true", help="async mode on uvloop")
     ap.add_argument("--http", action="store_true",
                     help="JSON HTTP requests instead of the client stream (stream=False)")
+    ap.add_argument("--read-from", choices=["leader", "any", "follower"], default="leader",
+                    help="where gets go (the client's read_from): followers serve them with "
+                    "a read index from their leader")
     a = ap.parse_args()
     global STREAM
     STREAM = not a.http
     if not all(x.split(":")[0].startswith("127.") for x in a.addr.split(",")):
         sys.exit("refusing non-loopback target: " + a.addr)
     if a.mode == "sync":
-        with Client(a.addr, stream=not a.http) as c:
+        with Client(a.addr, stream=not a.http, read_from=a.read_from) as c:
             c.shard_map()
             for t in a.levels:
                 print(json.dumps(run_sync(c, a.op, t, a.n, a.max_seconds)), flush=True)
         return
 
     async def go() -> None:
-        async with AsyncClient(a.addr, stream=not a.http) as c:
+        async with AsyncClient(a.addr, stream=not a.http, read_from=a.read_from) as c:
             await c.shard_map()
             for t in a.levels:
                 print(json.dumps(await run_async(c, a.op, t, a.n, a.max_seconds)), flush=True)

@@ -30,18 +30,27 @@ RUNS = [
     # membership: members replaced (new ids), removed and re-added, leadership moved
     (108, 3, ("replace", "remove-readd", "transfer", "kill-leader", "partition"), 200, 1, True),
 ]
+# Follower reads: the clients spread their reads over every member (read_from="any").
+FOLLOWER_RUNS = [
+    (109, 3, ("kill-leader", "isolate-leader", "pause", "loss"), 300, 1, False),
+    (110, 3, ("move", "split", "kill", "partition"), 200, 2, False),
+]
 
 
-@pytest.mark.parametrize(("seed", "nodes", "kinds", "snap", "groups", "tls"), RUNS,
-                         ids=[f"seed{r[0]}{'-tls' if r[5] else ''}" for r in RUNS])
+@pytest.mark.parametrize(
+    ("seed", "nodes", "kinds", "snap", "groups", "tls", "follower"),
+    [(*r, False) for r in RUNS] + [(*r, True) for r in FOLLOWER_RUNS],
+    ids=[f"seed{r[0]}{'-tls' if r[5] else ''}" for r in RUNS]
+    + [f"seed{r[0]}-follower-reads" for r in FOLLOWER_RUNS])
 def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...],
-                   snap: int, groups: int, tls: bool) -> None:
+                   snap: int, groups: int, tls: bool, follower: bool) -> None:
     print(f"chaos seed={seed} nodes={nodes} groups={groups} faults={','.join(kinds)} "
-          f"snapshot-entries={snap}{' --tls' if tls else ''}")
+          f"snapshot-entries={snap}{' --tls' if tls else ''}"
+          f"{' --follower-reads' if follower else ''}")
     cfg = ChaosSettings(seed=seed, nodes=nodes, duration_s=15.0 if groups == 1 else 20.0,
                         nemesis=NemesisSettings(kinds=kinds), data_dir=tmp_path / "c",
                         history_path=tmp_path / "history.jsonl", snapshot_entries=snap,
-                        groups=groups, tls=tls)
+                        groups=groups, tls=tls, follower_reads=follower)
     report = run_chaos(cfg)
     print(report.summary())
     print("\n".join(report.events))
@@ -50,6 +59,8 @@ def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...]
     assert set(report.faults) <= set(kinds)
     assert report.outcomes["ok"] > 500, "the clients made too little progress"
     assert report.snapshots["taken"] > 0, "no snapshot was taken under load"
+    if follower:
+        assert report.snapshots["follower_reads"] > 0, "no read was served by a follower"
     member_faults = sum(n for k, n in report.faults.items()
                         if k in ("replace", "remove-readd", "transfer"))
     assert member_faults >= 1 or not {"replace", "remove-readd", "transfer"} & set(kinds)

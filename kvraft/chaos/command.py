@@ -44,12 +44,15 @@ from kvraft.chaos.runner import ChaosSettings, report_json, run_chaos
               "with a token (the secure path).")
 @click.option("--lease-reads", is_flag=True, help="Nodes serve linearizable reads under "
               "leader leases (replica.lease_reads = 1) instead of a quorum round each.")
+@click.option("--follower-reads", is_flag=True, help="Clients spread reads over every "
+              "member (read_from=any): followers serve them with a read index.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary line per run.")
 @click.option("-v", "--verbose", is_flag=True, help="Print faults as they are injected.")
 def chaos_command(seed: int | None, runs: int, duration_s: float, nodes: str, clients: int,
                   groups: int, kinds: str | None, data_dir: str | None,
                   history_path: str | None,
-                  snapshot_entries: int, tls: bool, lease_reads: bool, as_json: bool,
+                  snapshot_entries: int, tls: bool, lease_reads: bool, follower_reads: bool,
+                  as_json: bool,
                   verbose: bool) -> None:
     """Run recording clients against a local cluster while injecting faults; check the history.
 
@@ -71,13 +74,14 @@ def chaos_command(seed: int | None, runs: int, duration_s: float, nodes: str, cl
         s = first + r
         click.echo(f"chaos run seed={s} duration={duration_s}s nodes={nodes} groups={groups} "
                    f"faults={','.join(chosen)}{' tls' if tls else ''}"
-                   f"{' lease-reads' if lease_reads else ''}", err=True)
+                   f"{' lease-reads' if lease_reads else ''}"
+                   f"{' follower-reads' if follower_reads else ''}", err=True)
         cfg = ChaosSettings(seed=s, nodes=int(nodes), duration_s=duration_s, clients=clients,
                             nemesis=NemesisSettings(kinds=chosen),
                             data_dir=Path(data_dir) / f"seed-{s}" if data_dir else None,
                             history_path=Path(history_path) if history_path else None,
                             snapshot_entries=snapshot_entries, groups=groups, tls=tls,
-                            lease_reads=lease_reads)
+                            lease_reads=lease_reads, follower_reads=follower_reads)
         report = run_chaos(cfg)
         click.echo(report_json(report) if as_json else report.summary())
         if not report.ok:

@@ -59,6 +59,9 @@ class ChaosSettings:
     """Mutual TLS between the nodes, and the clients over TLS with a token."""
     lease_reads: bool = False
     """Nodes serve reads under leader leases (``replica.lease_reads``)."""
+    follower_reads: bool = False
+    """Clients spread their reads over every member (``read_from="any"``): followers
+    serve them with a read index from their leader."""
 
 
 @dataclass(slots=True)
@@ -88,7 +91,9 @@ class ChaosReport:
             f"snapshots: taken {self.snapshots['taken']}, installed from a leader "
             f"{self.snapshots['installed']}"
             + (f"; reads served under a lease {self.snapshots['leased_reads']} (counted "
-               "since each node's last start)" if self.snapshots["leased_reads"] else ""),
+               "since each node's last start)" if self.snapshots["leased_reads"] else "")
+            + (f"; reads served by followers {self.snapshots['follower_reads']} (counted "
+               "since each node's last start)" if self.snapshots["follower_reads"] else ""),
             f"linearizability: {self.verdict}",
         ]
         lines += [f"ANOMALY: {a}" for a in self.anomalies]
@@ -155,7 +160,8 @@ async def _workload(cfg: ChaosSettings, cluster: LocalCluster, recorder: History
                     stop: threading.Event, appended: dict[str, str], keys: KeyEpochs,
                     akeys: KeyEpochs) -> None:
     clients = [cluster.async_client(timeout_s=cfg.op_timeout_s, attempt_timeout_s=0.5,
-                                    recorder=recorder, name=f"c{i}")
+                                    recorder=recorder, name=f"c{i}",
+                                    read_from="any" if cfg.follower_reads else "leader")
                for i in range(cfg.clients)]
     try:
         await asyncio.gather(*(
@@ -194,7 +200,7 @@ def _append_anomalies(ops: list[Operation], appended: dict[str, str],
     return anomalies
 
 
-def _snapshot_counts(c: LocalCluster) -> Counter[str]:
+def _snapshot_counts(c: LocalCluster, groups: int = 1) -> Counter[str]:
     counts: Counter[str] = Counter()
     for i in c.ids:
         st = c.status(i)
@@ -202,6 +208,10 @@ def _snapshot_counts(c: LocalCluster) -> Counter[str]:
             counts["taken"] += st["snapshot"]["taken"]
             counts["installed"] += st["snapshot"]["installed"]
             counts["leased_reads"] += (st.get("lease") or {}).get("reads", 0)
+        for g in range(1, groups + 1):
+            gst = st if g == 1 else c.status(i, g)
+            if gst is not None:
+                counts["follower_reads"] += gst.get("follower_reads", 0)
     return counts
 
 
@@ -244,7 +254,7 @@ def run_chaos(cfg: ChaosSettings, *, cluster: LocalCluster | None = None) -> Cha
         c.wait_for_leader(timeout_s=30)
         keys = sorted(mkeys.used) + sorted(akeys.used)
         final = asyncio.run(_final_reads(c, keys, recorder))
-        snap_counts = _snapshot_counts(c)
+        snap_counts = _snapshot_counts(c, cfg.groups)
     finally:
         ops = recorder.close()
         if own_cluster:
