@@ -418,3 +418,28 @@ async def test_an_isolated_follower_never_serves_a_stale_read(tmp_path: Path) ->
 def test_read_from_is_checked() -> None:
     with pytest.raises(errors.InvalidArgument):
         AsyncClient("127.0.0.1:1", read_from="nearest")
+
+
+async def test_concurrent_follower_reads_share_one_read_index(tmp_path: Path) -> None:
+    nodes, addrs = await _cluster(tmp_path)
+    try:
+        async with AsyncClient(",".join(addrs.values())) as c:
+            await c.put("k", "v")
+        for _ in range(20):  # (a leader change in between fails some reads: again)
+            _, f = await _follower_of(nodes)
+            r = f.replicas[1]
+            ctx0, served0 = r._read_ctx, r.follower_reads
+            got = await asyncio.gather(*(f.get("k", timeout_s=10.0, follower=True)
+                                         for _ in range(50)), return_exceptions=True)
+            if all(g == "v" for g in got):
+                break
+        else:
+            raise AssertionError(f"the follower did not serve 50 reads at once: {got}")
+        assert r.follower_reads == served0 + 50
+        # The first read asks at once; the 49 that arrive while it is out share the
+        # next read index: two requests to the leader, not fifty.
+        asked = r._read_ctx - ctx0
+        assert asked <= 3, f"{asked} read indexes asked for 50 concurrent reads"
+    finally:
+        for n in nodes:
+            await n.stop()

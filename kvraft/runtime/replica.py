@@ -162,6 +162,10 @@ class Replica:
         """With a lease: read ctx -> (the lease clock when it was registered, term)."""
         self.follower_reads = 0
         """Reads this replica served as a follower (with a read index from its leader)."""
+        self._fwd_next: list[asyncio.Future[None]] | None = None
+        """Follower reads waiting for the next read index asked of the leader."""
+        self._fwd_inflight = 0
+        """The ctx of the read index asked of the leader and not answered yet (0: none)."""
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -350,15 +354,7 @@ class Replica:
         (naming the leader) when there is no leader to ask or the leader refused."""
         core = self._ready_core()
         if follower and core.role != Role.LEADER:
-            self._read_ctx += 1
-            ctx = self._read_ctx
-            try:
-                core.read_index(ctx, forward=True)
-            except CoreNotLeader as e:
-                raise self._not_leader(e.leader) from None
-            self._wake.set()
-            await self._await_read(ctx, timeout_s)
-            self.follower_reads += 1
+            await self._follower_read(core, timeout_s)
             return
         lease = self.lease
         if lease is not None and core.lease_may_hold():
@@ -389,6 +385,60 @@ class Replica:
         if self.lease is not None:
             self._read_started[ctx] = (now, core.term)
         return ctx
+
+    async def _follower_read(self, core: RaftCore, timeout_s: float) -> None:
+        """One read index at a time is asked of the leader: the reads that arrive while
+        it is out wait for the next one, which goes as soon as the leader answers. The
+        leader then does one round and sends one answer for many reads (each read still
+        waits for an index asked after it began)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._fwd_next is None:
+            self._fwd_next = []
+        self._fwd_next.append(fut)
+        if self._fwd_inflight == 0:
+            self._forward_reads(core)
+        try:
+            await _with_timeout(fut, timeout_s)
+        except TimeoutError:
+            raise errors.Unavailable(f"read not confirmed within {timeout_s:.1f}s") from None
+        self.follower_reads += 1
+
+    def _forward_reads(self, core: RaftCore) -> None:
+        """Ask the leader for a read index for every read waiting for one."""
+        waiters, self._fwd_next = self._fwd_next, None
+        if not waiters:
+            return
+        self._read_ctx += 1
+        ctx = self._read_ctx
+        try:
+            core.read_index(ctx, forward=True)
+        except CoreNotLeader as e:
+            err = self._not_leader(e.leader)
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(err)
+            return
+        self._fwd_inflight = ctx
+        batch: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = batch  # resolved once applied, or failed when dropped
+
+        def fan_out(b: asyncio.Future[None]) -> None:
+            exc = None if b.cancelled() else b.exception()
+            for w in waiters:
+                if not w.done():
+                    if exc is None:
+                        w.set_result(None)
+                    else:
+                        w.set_exception(exc)
+
+        batch.add_done_callback(fan_out)
+        self._wake.set()
+
+    def _forwarded_answered(self, core: RaftCore) -> None:
+        """The read index in flight was answered (or dropped): ask for the next one."""
+        self._fwd_inflight = 0
+        if self._fwd_next:
+            self._forward_reads(core)
 
     async def _await_read(self, ctx: int, timeout_s: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -567,8 +617,10 @@ class Replica:
                 self.restored_at = None
                 await loop.run_in_executor(self.log_io, self.raftlog.clear_restored)
         lease = self.lease
+        answered = False
         for rs in rd.read_states:
             heapq.heappush(self._parked_reads, (rs.index, rs.ctx))
+            answered = answered or rs.ctx == self._fwd_inflight
             if lease is not None:
                 started = self._read_started.pop(rs.ctx, None)
                 if started is not None:
@@ -576,6 +628,7 @@ class Replica:
                 if rs.ctx == lease.renewing:
                     lease.renewing = 0
         for ctx in rd.dropped_reads:
+            answered = answered or ctx == self._fwd_inflight
             if lease is not None:
                 self._read_started.pop(ctx, None)
                 if ctx == lease.renewing:
@@ -583,6 +636,8 @@ class Replica:
             fut = self._reads.pop(ctx, None)
             if fut is not None and not fut.done():
                 fut.set_exception(self._not_leader(core.leader))
+        if answered:
+            self._forwarded_answered(core)
         self._release_reads(self.applied_index)
         if self._ready_waiters:
             waiters, self._ready_waiters = self._ready_waiters, []
@@ -714,10 +769,11 @@ class Replica:
             if not fut.done():
                 fut.set_exception(errors.OutcomeUnknown(f"write outcome unknown: {exc}"))
         self._proposals.clear()
-        for fut in self._reads.values():
+        for fut in [*self._reads.values(), *(self._fwd_next or [])]:
             if not fut.done():
                 fut.set_exception(exc)
         self._reads.clear()
+        self._fwd_next, self._fwd_inflight = None, 0
 
     # --- introspection ------------------------------------------------------------------
 

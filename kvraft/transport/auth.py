@@ -34,7 +34,6 @@ from aiohttp import web
 from kvraft.transport import tls as tlsmod
 
 SECRET_HEADER = "X-Kvraft-Secret"
-ROLE_KEY = "kvraft.role"
 
 
 class Role(IntEnum):
@@ -53,6 +52,11 @@ class Role(IntEnum):
         if r not in (cls.READ, cls.WRITE, cls.ADMIN):
             raise ValueError(f"role must be read, write or admin, got {name!r}")
         return r
+
+
+# The request's role, under a typed key where aiohttp has them (3.13+; a string before).
+_RequestKey: Any = getattr(web, "RequestKey", None)
+ROLE_KEY: Any = _RequestKey("kvraft.role", Role) if _RequestKey else "kvraft.role"
 
 
 ROLE_NAMES = ("read", "write", "admin")
