@@ -18,7 +18,7 @@ from kvraft.check.history import Operation
 
 RUNS = [
     # (seed, nodes, fault kinds, snapshot every N entries, data groups, TLS and tokens)
-    (101, 3, ("kill", "kill-leader", "pause"), 300, 1, False),
+    (121, 3, ("kill", "kill-leader", "pause", "short-pause"), 300, 1, False),
     (102, 3, ("partition", "isolate-leader", "one-way"), 300, 1, False),
     (103, 5, ("bridge", "partition", "kill-leader"), 300, 1, False),
     (104, 3, ("delay", "loss", "majority-down"), 300, 1, False),
@@ -30,37 +30,48 @@ RUNS = [
     # membership: members replaced (new ids), removed and re-added, leadership moved
     (108, 3, ("replace", "remove-readd", "transfer", "kill-leader", "partition"), 200, 1, True),
 ]
-# Follower reads: the clients spread their reads over every member (read_from="any").
-FOLLOWER_RUNS = [
-    (109, 3, ("kill-leader", "isolate-leader", "pause", "loss"), 300, 1, False),
-    (110, 3, ("move", "split", "kill", "partition"), 200, 2, False),
+# Other reads: "follower", the clients spread their reads over every member
+# (read_from="any"); "lease", the nodes serve reads under leader leases.
+READ_RUNS = [
+    (122, 3, ("kill-leader", "isolate-leader", "short-pause", "loss"), 300, 1, False,
+     "follower"),
+    (110, 3, ("move", "split", "kill", "partition"), 200, 2, False, "follower"),
+    (123, 3, ("short-pause", "isolate-leader", "kill-leader", "one-way"), 300, 1, False,
+     "lease"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("seed", "nodes", "kinds", "snap", "groups", "tls", "follower"),
-    [(*r, False) for r in RUNS] + [(*r, True) for r in FOLLOWER_RUNS],
+    ("seed", "nodes", "kinds", "snap", "groups", "tls", "reads"),
+    [(*r, "leader") for r in RUNS] + READ_RUNS,
     ids=[f"seed{r[0]}{'-tls' if r[5] else ''}" for r in RUNS]
-    + [f"seed{r[0]}-follower-reads" for r in FOLLOWER_RUNS])
+    + [f"seed{r[0]}-{r[6]}-reads" for r in READ_RUNS])
 def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...],
-                   snap: int, groups: int, tls: bool, follower: bool) -> None:
+                   snap: int, groups: int, tls: bool, reads: str) -> None:
+    follower = reads == "follower"
     print(f"chaos seed={seed} nodes={nodes} groups={groups} faults={','.join(kinds)} "
           f"snapshot-entries={snap}{' --tls' if tls else ''}"
-          f"{' --follower-reads' if follower else ''}")
+          f"{' --follower-reads' if follower else ''}"
+          f"{' --lease-reads' if reads == 'lease' else ''}")
     cfg = ChaosSettings(seed=seed, nodes=nodes, duration_s=15.0 if groups == 1 else 20.0,
                         nemesis=NemesisSettings(kinds=kinds), data_dir=tmp_path / "c",
                         history_path=tmp_path / "history.jsonl", snapshot_entries=snap,
-                        groups=groups, tls=tls, follower_reads=follower)
+                        groups=groups, tls=tls, follower_reads=follower,
+                        lease_reads=reads == "lease")
     report = run_chaos(cfg)
     print(report.summary())
     print("\n".join(report.events))
     assert report.ok, report.summary()
     assert sum(report.faults.values()) >= 2, "the nemesis injected too few faults"
     assert set(report.faults) <= set(kinds)
+    # (the seeds of runs with short pauses are chosen to draw one first)
+    assert report.faults["short-pause"] >= 1 or "short-pause" not in kinds
     assert report.outcomes["ok"] > 500, "the clients made too little progress"
     assert report.snapshots["taken"] > 0, "no snapshot was taken under load"
     if follower:
         assert report.snapshots["follower_reads"] > 0, "no read was served by a follower"
+    if reads == "lease":
+        assert report.snapshots["leased_reads"] > 0, "no read was served under a lease"
     member_faults = sum(n for k, n in report.faults.items()
                         if k in ("replace", "remove-readd", "transfer"))
     assert member_faults >= 1 or not {"replace", "remove-readd", "transfer"} & set(kinds)

@@ -9,6 +9,10 @@ Fault kinds:
 - ``kill``: SIGKILL a random node, restart it later;
 - ``kill-leader``: SIGKILL the current leader, restart it later;
 - ``pause``: SIGSTOP a random node (the leader half of the time), SIGCONT later;
+- ``short-pause``: for the whole hold, SIGSTOP the leader (a random node one time in
+  four) for 1-5 ticks at a time, 2-20 ticks apart: pauses about as long as a
+  heartbeat interval or an election timeout, which leave a leader behind its lease,
+  its followers' timers and its own view of who leads;
 - ``partition``: a random majority/minority split (both directions);
 - ``isolate-leader``: the leader alone on one side;
 - ``bridge``: two halves that only one node (the bridge) sees both of;
@@ -43,6 +47,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -53,8 +58,8 @@ from kvraft.testing.cluster import LocalCluster
 
 log = logging.getLogger("kvraft.chaos")
 
-PROCESS_KINDS = ("kill", "kill-leader", "pause", "partition", "isolate-leader", "bridge",
-                 "one-way", "delay", "loss", "majority-down")
+PROCESS_KINDS = ("kill", "kill-leader", "pause", "short-pause", "partition",
+                 "isolate-leader", "bridge", "one-way", "delay", "loss", "majority-down")
 FAULT_KINDS = PROCESS_KINDS
 SHARD_KINDS = ("move", "split", "merge", "join", "leave")
 MEMBER_KINDS = ("replace", "remove-readd", "transfer")
@@ -134,6 +139,8 @@ class Nemesis:
             self._say(f"pause: SIGSTOP node {victim}")
             c.pause(victim)
             return lambda: self._resume(victim)
+        if kind == "short-pause":
+            return self._short_pauses(random.Random(self.rng.getrandbits(64)))
         if kind == "majority-down":
             victims = self.rng.sample(ids, len(ids) // 2 + 1)
             self._say(f"majority-down: SIGSTOP nodes {sorted(victims)}")
@@ -347,6 +354,42 @@ class Nemesis:
     def _restart(self, i: int) -> None:
         self._say(f"restart node {i}")
         self.cluster.start_node(i)
+
+    def _short_pauses(self, rng: random.Random) -> Callable[[], None]:
+        """Short SIGSTOPs, one after another on a thread, until the returned undo.
+        (The lengths and gaps come from ``rng``; which node leads at each one does not.)"""
+        c = self.cluster
+        tick_s = c.tick_ms / 1000
+        stop = threading.Event()
+        pauses: list[int] = []
+
+        def flicker() -> None:
+            while not stop.is_set():
+                victim = (c.leader() if rng.random() < 0.75 else None) or rng.choice(c.ids)
+                ticks = rng.uniform(1, 5)
+                gap = rng.uniform(2, 20)
+                if victim in c.paused or not c.running(victim):
+                    stop.wait(gap * tick_s)
+                    continue
+                c.pause(victim)
+                try:
+                    stop.wait(ticks * tick_s)
+                finally:
+                    c.resume(victim)
+                pauses.append(victim)
+                stop.wait(gap * tick_s)
+
+        t = threading.Thread(target=flicker, name="short-pauses", daemon=True)
+        self._say("short-pause: SIGSTOP for 1-5 ticks at a time, mostly the leader")
+        t.start()
+
+        def undo() -> None:
+            stop.set()
+            t.join(timeout=30)
+            self._say(f"short-pause: {len(pauses)} pauses "
+                      f"({', '.join(f'{n}x node {i}' for i, n in sorted(Counter(pauses).items()))})")
+
+        return undo
 
     def _resume(self, i: int) -> None:
         self._say(f"resume: SIGCONT node {i}")
