@@ -5,13 +5,18 @@ of the reads to followers under every fault and check each read against the writ
 acknowledged before it began; two deliberately broken cores show that check fails when
 a follower answers from its own commit index, or a leader answers without its quorum
 round. The in-process tests run three real nodes on 127.0.0.1 and read over HTTP, the
-client stream and the client library.
+client stream and the client library; with leader leases on, the leader answers a
+follower's request at once, and a leader cut off with one follower (five nodes) must
+not give it an index older than a write the others acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ import pytest
 
 from kvraft import AsyncClient, errors
 from kvraft.bootstrap import bootstrap, wait_groups_at
+from kvraft.config import NodeSettings
 from kvraft.raft import (
     NONE,
     Config,
@@ -201,6 +207,26 @@ def test_a_leader_that_steps_down_drops_forwarded_reads_silently() -> None:
     assert lead.ready().dropped_reads == [1]
 
 
+def test_answering_a_read_index_at_once_needs_a_leader_that_may_hold_a_lease() -> None:
+    lead = _leader()
+    ask = Message(MsgType.READ_INDEX, to=1, frm=2, term=1, ctx=5)
+    assert lead.answer_read_index(ask, lead.log.committed)
+    (resp,) = _sent(lead, MsgType.READ_INDEX_RESP)
+    assert (resp.to, resp.ctx, resp.index, resp.reject) == (2, 5, lead.log.committed, False)
+    assert lead.pending_reads == deque() and not lead.read_bcast_pending  # no round
+    # Not from a member, not of this term, not a READ_INDEX: the core steps it as usual.
+    for m in (Message(MsgType.READ_INDEX, to=1, frm=9, term=1, ctx=5),
+              Message(MsgType.READ_INDEX, to=1, frm=2, term=0, ctx=5),
+              Message(MsgType.HEARTBEAT_RESP, to=1, frm=2, term=1, ctx=5)):
+        assert not lead.answer_read_index(m, lead.log.committed)
+    # A leader handing over (the TimeoutNow may land at any time) answers no more.
+    lead.transfer_leadership(2)
+    assert not lead.answer_read_index(ask, lead.log.committed)
+    assert not _follower().answer_read_index(
+        Message(MsgType.READ_INDEX, to=2, frm=3, term=1, ctx=5), 0)
+    assert not [m for m in lead.msgs if m.type == MsgType.READ_INDEX_RESP]
+
+
 # --- simulation ----------------------------------------------------------------------
 
 
@@ -261,11 +287,15 @@ def test_checkers_catch_a_leader_answering_without_a_quorum_round(
 # --- three real nodes ----------------------------------------------------------------
 
 
-async def _cluster(tmp_path: Path) -> tuple[list[Node], dict[int, str]]:
-    ports = [free_port() for _ in range(3)]
+async def _cluster(tmp_path: Path, n: int = 3, lease: bool = False
+                   ) -> tuple[list[Node], dict[int, str]]:
+    ports = [free_port() for _ in range(n)]
     addrs = {i: f"127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
+    base = NodeSettings()
+    settings = dataclasses.replace(base, replica=dataclasses.replace(
+        base.replica, lease_reads=int(lease)))
     nodes = [Node(NodeConfig(node_id=i, listen=a, peers=addrs, data_dir=tmp_path / f"n{i}",
-                             secret="s", groups=(0, 1)))
+                             secret="s", groups=(0, 1), settings=settings))
              for i, a in addrs.items()]
     for n in nodes:
         await n.start()
@@ -442,4 +472,88 @@ async def test_concurrent_follower_reads_share_one_read_index(tmp_path: Path) ->
         assert asked <= 3, f"{asked} read indexes asked for 50 concurrent reads"
     finally:
         for n in nodes:
+            await n.stop()
+
+
+# --- follower reads under a leader lease ----------------------------------------------
+
+
+async def test_a_leader_with_a_lease_answers_follower_reads_without_a_round(
+        tmp_path: Path) -> None:
+    nodes, addrs = await _cluster(tmp_path, lease=True)
+    try:
+        async with AsyncClient(",".join(addrs.values())) as c:
+            await c.put("k", "v1")
+        for _ in range(20):  # (a leader change in between: again)
+            lead, f = await _follower_of(nodes)
+            core, lease = lead.replicas[1].core, lead.replicas[1].lease
+            assert core is not None and lease is not None
+            assert await lead.get("k", timeout_s=10.0) == "v1"  # a round: the lease
+            rounds0, leased0 = core.read_seq, lease.reads
+            t0 = time.monotonic()
+            got = [await f.get("k", timeout_s=10.0, follower=True) for _ in range(100)]
+            elapsed = time.monotonic() - t0
+            if lead.replicas[1].soft.role == Role.LEADER and all(g == "v1" for g in got):
+                break
+        else:
+            raise AssertionError("no stable leader for 100 follower reads")
+        rounds = core.read_seq - rounds0
+        leased = lease.reads - leased0
+        # Only renewals take a round (one in flight at a time, past half the lease).
+        assert rounds <= 100 - leased + 2 + elapsed / (lease.duration_s / 2), (
+            rounds, leased, elapsed)
+        assert leased > 50, f"only {leased} of 100 follower reads answered under the lease"
+    finally:
+        for n in nodes:
+            await n.stop()
+
+
+async def test_a_leader_cut_off_with_a_follower_stops_answering_it_before_a_new_leader_writes(
+        tmp_path: Path) -> None:
+    """Five nodes: the leader and one follower on one side, three on the other. The
+    three elect a leader and overwrite the key; the follower keeps reading through the
+    old leader, whose lease must end first."""
+    nodes, addrs = await _cluster(tmp_path, n=5, lease=True)
+    try:
+        async with AsyncClient(",".join(addrs.values())) as c:
+            await c.put("x", "old")
+        old, f = await _follower_of(nodes)
+        assert await old.get("x", timeout_s=10.0) == "old"  # the lease is fresh
+        assert await f.get("x", timeout_s=10.0, follower=True) == "old"
+        minority = {old.cfg.node_id, f.cfg.node_id}
+        others = [n for n in nodes if n.cfg.node_id not in minority]
+        for n in nodes:
+            assert n.transport is not None
+            cut = ({n.cfg.node_id for n in others} if n.cfg.node_id in minority
+                   else minority)
+            n.transport.faults.blocked_out |= cut
+            n.transport.faults.blocked_in |= cut
+        reads: list[tuple[float, str | None]] = []
+        stop = asyncio.Event()
+
+        async def read_f() -> None:
+            while not stop.is_set():
+                start = time.monotonic()
+                try:
+                    value = await f.get("x", timeout_s=0.2, follower=True)
+                except (errors.Unavailable, errors.NotLeader):
+                    value = None
+                reads.append((start, value))
+                await asyncio.sleep(0.002)
+
+        reader = asyncio.get_running_loop().create_task(read_f())
+        await _until(lambda: _leader_of(others) is not None, "the others elect a leader")
+        async with AsyncClient(",".join(addrs[n.cfg.node_id] for n in others),
+                               timeout_s=30.0) as c:
+            await c.put("x", "new")
+        written_at = time.monotonic()
+        await _until(lambda: sum(s > written_at for s, _ in reads) >= 3, "more reads")
+        stop.set()
+        await reader
+        stale = [s - written_at for s, v in reads if s > written_at and v == "old"]
+        assert not stale, f"stale follower reads through the cut-off leader: {stale}"
+    finally:
+        for n in nodes:
+            if n.transport is not None:
+                n.transport.faults.clear()
             await n.stop()

@@ -322,6 +322,19 @@ class RaftCore:
             return
         roles.register_read(self, ctx, self.id)
 
+    def answer_read_index(self, m: Message, index: int) -> bool:
+        """Answer a follower's ``READ_INDEX`` at once with ``index``, without a quorum
+        round: for a runtime that holds a leader lease (``lease_may_hold`` and its own
+        clock) and took ``index`` = ``log.committed`` before it read that clock. False
+        (nothing sent) when the message is not one this leader may answer so; the
+        runtime then steps it as usual."""
+        if (m.type != MsgType.READ_INDEX or m.term != self.term or m.frm not in self.prs
+                or m.frm == self.id or not self.lease_may_hold()):
+            return False
+        self.send(Message(MsgType.READ_INDEX_RESP, to=m.frm, frm=self.id, term=self.term,
+                          ctx=m.ctx, index=index))
+        return True
+
     def transfer_leadership(self, target: int) -> None:
         """Hand leadership to ``target`` once it is caught up (best effort)."""
         roles.transfer_leadership(self, target)

@@ -132,7 +132,8 @@ class Message:
     - ``SNAP``: ``snapshot`` describes the snapshot the sender's runtime streams separately.
     - ``READ_INDEX``: a follower asks its leader for a read index; ``ctx`` is the
       follower's read. ``READ_INDEX_RESP`` echoes ``ctx`` with ``index`` = the leader's
-      commit index once a quorum confirmed it still leads (``reject``: it cannot).
+      commit index once a quorum confirmed it still leads, or at once under the
+      runtime's leader lease (``RaftCore.answer_read_index``); ``reject``: it cannot.
     """
 
     type: MsgType

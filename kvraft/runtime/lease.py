@@ -3,7 +3,10 @@
 With ``replica.lease_reads = 1`` a leader that a quorum has confirmed recently serves a
 read once its state machine has applied its commit index, instead of confirming its
 leadership again (ReadIndex) for that read. The lease is renewed by the ReadIndex
-rounds themselves: a read near the lease's end starts one in the background.
+rounds themselves: a read near the lease's end starts one in the background. A leader
+under its lease also answers a follower's request for a read index (a follower read) at
+once with its commit index: the follower's read began before the request left, so
+before the leader read its clock, and the argument below holds for it unchanged.
 
 Why no other leader can commit while the lease holds
 ----------------------------------------------------

@@ -257,13 +257,32 @@ class Replica:
         core = self.core
         if core is None or self.failed.done():
             return
+        lease = self.lease
         try:
             for m in msgs:
+                if (lease is not None and m.type == MsgType.READ_INDEX
+                        and self._leased_read_index(core, lease, m)):
+                    continue
                 core.step(m)
         except InvariantViolation as e:
             self._fatal(e)
             return
         self._wake.set()
+
+    def _leased_read_index(self, core: RaftCore, lease: Lease, m: Message) -> bool:
+        """A follower asks for a read index: under the lease, answer at once with the
+        commit index (the argument of a leased read holds for it as for our own: the
+        follower's read began before we read the clock)."""
+        index = core.log.committed  # (taken before the clock: see the lease module)
+        now = lease.now()
+        if not core.lease_may_hold() or not lease.valid(core.term, now):
+            return False
+        if not core.answer_read_index(m, index):
+            return False
+        lease.reads += 1
+        if lease.wants_renewal(now):
+            lease.renewing = self._register_read(core, now)
+        return True
 
     def _fatal(self, e: BaseException) -> None:
         """An internal invariant broke: stop this replica loudly, serve nothing more."""
