@@ -31,13 +31,16 @@ RUNS = [
     (108, 3, ("replace", "remove-readd", "transfer", "kill-leader", "partition"), 200, 1, True),
 ]
 # Other reads: "follower", the clients spread their reads over every member
-# (read_from="any"); "lease", the nodes serve reads under leader leases.
+# (read_from="any"); "lease", the nodes serve reads under leader leases; or both.
 READ_RUNS = [
     (122, 3, ("kill-leader", "isolate-leader", "short-pause", "loss"), 300, 1, False,
      "follower"),
     (110, 3, ("move", "split", "kill", "partition"), 200, 2, False, "follower"),
     (123, 3, ("short-pause", "isolate-leader", "kill-leader", "one-way"), 300, 1, False,
      "lease"),
+    # leases and follower reads: the leader answers forwarded reads under its lease
+    (124, 3, ("short-pause", "isolate-leader", "pause", "loss"), 300, 1, False,
+     "lease+follower"),
 ]
 
 
@@ -48,16 +51,16 @@ READ_RUNS = [
     + [f"seed{r[0]}-{r[6]}-reads" for r in READ_RUNS])
 def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...],
                    snap: int, groups: int, tls: bool, reads: str) -> None:
-    follower = reads == "follower"
+    follower = "follower" in reads
     print(f"chaos seed={seed} nodes={nodes} groups={groups} faults={','.join(kinds)} "
           f"snapshot-entries={snap}{' --tls' if tls else ''}"
           f"{' --follower-reads' if follower else ''}"
-          f"{' --lease-reads' if reads == 'lease' else ''}")
+          f"{' --lease-reads' if 'lease' in reads else ''}")
     cfg = ChaosSettings(seed=seed, nodes=nodes, duration_s=15.0 if groups == 1 else 20.0,
                         nemesis=NemesisSettings(kinds=kinds), data_dir=tmp_path / "c",
                         history_path=tmp_path / "history.jsonl", snapshot_entries=snap,
                         groups=groups, tls=tls, follower_reads=follower,
-                        lease_reads=reads == "lease")
+                        lease_reads="lease" in reads)
     report = run_chaos(cfg)
     print(report.summary())
     print("\n".join(report.events))
@@ -70,7 +73,7 @@ def test_chaos_run(tmp_path: Path, seed: int, nodes: int, kinds: tuple[str, ...]
     assert report.snapshots["taken"] > 0, "no snapshot was taken under load"
     if follower:
         assert report.snapshots["follower_reads"] > 0, "no read was served by a follower"
-    if reads == "lease":
+    if "lease" in reads:
         assert report.snapshots["leased_reads"] > 0, "no read was served under a lease"
     member_faults = sum(n for k, n in report.faults.items()
                         if k in ("replace", "remove-readd", "transfer"))

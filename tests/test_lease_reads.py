@@ -11,7 +11,6 @@ write, so no read returns a value that an acknowledged write has replaced.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 from pathlib import Path
@@ -19,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from kvraft import AsyncClient, errors
-from kvraft.bootstrap import bootstrap, wait_groups_at
-from kvraft.config import NodeSettings, SettingError, settings_from
+from kvraft.config import SettingError, settings_from
 from kvraft.raft import (
     NONE,
     Config,
@@ -33,10 +31,10 @@ from kvraft.raft import (
 )
 from kvraft.raft.roles import CAMPAIGN_TRANSFER
 from kvraft.runtime.lease import Lease, lease_seconds
-from kvraft.runtime.node import Node, NodeConfig
+from kvraft.runtime.node import Node
 from kvraft.runtime.replica import Replica
-from kvraft.testing import free_port
-from kvraft.testing.inprocess import single_node
+from kvraft.testing.inprocess import leader_of, nodes_running, single_node, until
+from kvraft.testing.raftcore import commit_through, win_election
 
 VOTERS = ConfState(frozenset({1, 2, 3}), frozenset())
 
@@ -106,25 +104,9 @@ def _leader(commit: bool = True) -> RaftCore:
     """Node 1, leader of term 1; with ``commit``, node 2's answer commits its first
     entry."""
     core = RaftCore(Config(id=1), random.Random(0), InitialState(conf=VOTERS))
-    for _ in range(3 * core.cfg.election_ticks):
-        if core.role != Role.FOLLOWER:
-            break
-        core.tick()
-    for peer in (2, 3):
-        for m in [m for m in core.msgs if m.to == peer]:
-            if m.type == MsgType.PRE_VOTE:
-                core.step(Message(MsgType.PRE_VOTE_RESP, to=1, frm=peer, term=m.term))
-    core.msgs.clear()
-    for peer in (2, 3):
-        core.step(Message(MsgType.VOTE_RESP, to=1, frm=peer, term=core.term))
-    assert core.role == Role.LEADER
-    rd = core.ready()
-    core.advance(rd)
-    if not commit:
-        return core
-    last = core.log.last_index()
-    core.step(Message(MsgType.APP_RESP, to=1, frm=2, term=core.term, index=last))
-    assert core.log.committed == last and core.log.term(last) == core.term
+    win_election(core, (2, 3))
+    if commit:
+        commit_through(core, 2)
     return core
 
 
@@ -175,41 +157,12 @@ def test_lease_reads_need_three_election_ticks() -> None:
 # --- three real nodes ----------------------------------------------------------------
 
 
-async def _cluster(tmp_path: Path) -> tuple[list[Node], dict[int, str]]:
-    ports = [free_port() for _ in range(3)]
-    addrs = {i: f"127.0.0.1:{p}" for i, p in enumerate(ports, 1)}
-    base = NodeSettings()
-    settings = dataclasses.replace(base, replica=dataclasses.replace(base.replica,
-                                                                     lease_reads=1))
-    nodes = [Node(NodeConfig(node_id=i, listen=a, peers=addrs, data_dir=tmp_path / f"n{i}",
-                             secret="s", groups=(0, 1), settings=settings))
-             for i, a in addrs.items()]
-    for n in nodes:
-        await n.start()
-    num = await asyncio.to_thread(bootstrap, list(addrs.values()), "s", {1: addrs})
-    await asyncio.to_thread(wait_groups_at, list(addrs.values()), [1], num, secret="s")
-    return nodes, addrs
-
-
-async def _until(cond: object, what: str, timeout_s: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not cond():  # type: ignore[operator]
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.01)
-
-
-def _leader_of(nodes: list[Node]) -> Node | None:
-    return next((n for n in nodes if n.replicas[1].soft.role == Role.LEADER), None)
-
-
 async def _written(nodes: list[Node], addrs: dict[int, str], key: str, value: str
                    ) -> tuple[Node, Replica, Lease]:
     """Write ``key`` through a client; the leader that took it, its replica and lease."""
     async with AsyncClient(",".join(addrs.values())) as c:
         await c.put(key, value)
-    lead = _leader_of(nodes)
+    lead = leader_of(nodes)
     assert lead is not None
     replica = lead.replicas[1]
     assert replica.lease is not None and replica.core is not None
@@ -217,8 +170,7 @@ async def _written(nodes: list[Node], addrs: dict[int, str], key: str, value: st
 
 
 async def test_leased_reads_skip_the_quorum_round(tmp_path: Path) -> None:
-    nodes, addrs = await _cluster(tmp_path)
-    try:
+    async with nodes_running(tmp_path, lease_reads=True) as (nodes, addrs):
         lead, replica, lease = await _written(nodes, addrs, "k", "v1")
         assert replica.core is not None
         async with AsyncClient(",".join(addrs.values())) as c:
@@ -238,15 +190,11 @@ async def test_leased_reads_skip_the_quorum_round(tmp_path: Path) -> None:
             rounds, served, elapsed)
         assert served > 75, f"only {served} of 152 reads were leased ({elapsed:.2f}s)"
         assert replica.status()["lease"]["reads"] == lease.reads
-    finally:
-        for n in nodes:
-            await n.stop()
 
 
 async def test_an_isolated_leader_stops_leased_reads_before_a_new_leader_writes(
         tmp_path: Path) -> None:
-    nodes, addrs = await _cluster(tmp_path)
-    try:
+    async with nodes_running(tmp_path, lease_reads=True) as (nodes, addrs):
         old, old_replica, lease = await _written(nodes, addrs, "x", "old")
         # A read before the isolation: its round gives the leader a lease.
         assert await old.get("x", timeout_s=10.0) == "old"
@@ -271,12 +219,12 @@ async def test_an_isolated_leader_stops_leased_reads_before_a_new_leader_writes(
                 await asyncio.sleep(0.002)
 
         reader = asyncio.get_running_loop().create_task(read_old())
-        await _until(lambda: _leader_of(others) is not None, "the others elect a leader")
+        await until(lambda: leader_of(others) is not None, "the others elect a leader")
         other_addrs = ",".join(addrs[n.cfg.node_id] for n in others)
         async with AsyncClient(other_addrs, timeout_s=30.0) as c:
             await c.put("x", "new")
         written_at = time.monotonic()
-        await _until(lambda: any(s > written_at for s, _, _ in reads), "one more read")
+        await until(lambda: any(s > written_at for s, _, _ in reads), "one more read")
         stop.set()
         await reader
         served = [(s, e, v) for s, e, v in reads if v is not None]
@@ -291,11 +239,6 @@ async def test_an_isolated_leader_stops_leased_reads_before_a_new_leader_writes(
         late = [s - isolated_at for s, _, v in served if s > isolated_at + bound]
         assert not late, f"reads served {late}s after the isolation (bound {bound}s)"
         assert all(v == "old" for _, _, v in served)
-    finally:
-        for n in nodes:
-            if n.transport is not None:
-                n.transport.faults.clear()
-            await n.stop()
 
 
 async def test_ticks_are_never_closer_than_the_tick_interval(tmp_path: Path) -> None:
@@ -315,10 +258,10 @@ async def test_ticks_are_never_closer_than_the_tick_interval(tmp_path: Path) -> 
             tick()
 
         core.tick = timed_tick  # type: ignore[method-assign]
-        await _until(lambda: len(times) >= 3, "three ticks")
+        await until(lambda: len(times) >= 3, "three ticks")
         time.sleep(5 * interval)  # the event loop stalls for five ticks
         n = len(times)
-        await _until(lambda: len(times) >= n + 5, "five more ticks")
+        await until(lambda: len(times) >= n + 5, "five more ticks")
         gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
         assert min(gaps) >= interval - 0.001, (interval, gaps)
         assert max(gaps) >= 5 * interval  # (the stall is in there)

@@ -289,6 +289,8 @@ def _handle_snapshot(r: RaftCore, m: Message) -> None:
 def _step_leader(r: RaftCore, m: Message) -> None:
     pr = r.prs.get(m.frm)
     if pr is None:
+        if m.type == MsgType.READ_INDEX:
+            _refuse_read(r, m)  # (a removed node: it drops the read at once)
         return
     pr.heard_at = r.ticks
     if m.type == MsgType.APP_RESP:
@@ -454,9 +456,7 @@ def _read_confirmed(r: RaftCore, ctx: int, index: int, frm: int) -> None:
 def _leader_read_index(r: RaftCore, m: Message) -> None:
     """A follower forwarded a read: confirm leadership as for one of our own, then
     answer with the commit index at registration."""
-    if m.frm not in r.prs:
-        _refuse_read(r, m)
-    elif r.log.term(r.log.committed) != r.term:
+    if r.log.term(r.log.committed) != r.term:
         r.reads_before_commit.append((m.ctx, m.frm))
     else:
         register_read(r, m.ctx, m.frm)

@@ -580,6 +580,8 @@ class Node(ShardServiceMixin, MembershipMixin):
                   follower: bool = False) -> str | None:
         r = await self._route(key, num)
         await r.read_barrier(timeout_s=timeout_s, follower=follower)
+        if r.installing:
+            await r.wait_install()
         try:
             return self._kv_store(r).read_owned(key)
         except NotOwned as e:

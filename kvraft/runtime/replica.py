@@ -139,7 +139,9 @@ class Replica:
         self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._reads: dict[int, asyncio.Future[None]] = {}
         self._parked_reads: list[tuple[int, int]] = []
-        self._read_ctx = 0
+        self._read_ctx = random.SystemRandom().getrandbits(60)
+        """Read ctxs start at random: a restarted follower must not take the answer to a
+        read its previous run forwarded (same term, same leader) for one of its own."""
         self._tasks: list[asyncio.Task[None]] = []
         self.log_io = _LogExecutor(f"raftlog-g{group_id}")
         self._sm_io = ThreadPoolExecutor(1, thread_name_prefix=f"state-g{group_id}")
@@ -166,6 +168,14 @@ class Replica:
         """Follower reads waiting for the next read index asked of the leader."""
         self._fwd_inflight = 0
         """The ctx of the read index asked of the leader and not answered yet (0: none)."""
+        self._fwd_sent_at = 0.0
+        self._fwd_retry_s = 2 * settings.heartbeat_ticks * settings.tick_ms / 1000
+        """A read index unanswered this long (a lost message) no longer holds up the
+        next one (the core drops it after an election timeout)."""
+        self._install_done: asyncio.Future[None] | None = None
+        """Set while a snapshot from the leader replaces state.db (see ``wait_install``)."""
+        self._thread_reads = 0
+        self._thread_reads_idle: asyncio.Future[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -367,10 +377,11 @@ class Replica:
         round (ReadIndex), or under the leader lease when ``lease_reads`` is on.
 
         ``follower``: a follower serves the read too (a follower read). It asks its
-        leader for a read index (the leader confirms its leadership with a quorum round,
-        as for its own reads) and returns once it has applied that far: every write
-        acknowledged before the read began is then in state.db here. Raises NotLeader
-        (naming the leader) when there is no leader to ask or the leader refused."""
+        leader for a read index (the leader confirms its leadership as for its own
+        reads: a quorum round, or its lease) and returns once it has applied that far:
+        every write acknowledged before the read began is then in state.db here. Raises
+        NotLeader (naming the leader) when there is no leader to ask or the leader
+        refused. Read state.db after ``wait_install`` (a follower installs snapshots)."""
         core = self._ready_core()
         if follower and core.role != Role.LEADER:
             await self._follower_read(core, timeout_s)
@@ -414,7 +425,8 @@ class Replica:
         if self._fwd_next is None:
             self._fwd_next = []
         self._fwd_next.append(fut)
-        if self._fwd_inflight == 0:
+        if (self._fwd_inflight == 0
+                or asyncio.get_running_loop().time() - self._fwd_sent_at > self._fwd_retry_s):
             self._forward_reads(core)
         try:
             await _with_timeout(fut, timeout_s)
@@ -425,6 +437,7 @@ class Replica:
     def _forward_reads(self, core: RaftCore) -> None:
         """Ask the leader for a read index for every read waiting for one."""
         waiters, self._fwd_next = self._fwd_next, None
+        waiters = [w for w in waiters or () if not w.done()]  # (timed out meanwhile)
         if not waiters:
             return
         self._read_ctx += 1
@@ -438,11 +451,12 @@ class Replica:
                     w.set_exception(err)
             return
         self._fwd_inflight = ctx
+        self._fwd_sent_at = asyncio.get_running_loop().time()
         batch: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = batch  # resolved once applied, or failed when dropped
 
         def fan_out(b: asyncio.Future[None]) -> None:
-            exc = None if b.cancelled() else b.exception()
+            exc = (errors.Unavailable("read cancelled") if b.cancelled() else b.exception())
             for w in waiters:
                 if not w.done():
                     if exc is None:
@@ -458,6 +472,31 @@ class Replica:
         self._fwd_inflight = 0
         if self._fwd_next:
             self._forward_reads(core)
+
+    @property
+    def installing(self) -> bool:
+        """Whether a snapshot install is replacing state.db now: read it only after
+        ``wait_install`` (a follower installs snapshots; its reads must not overlap)."""
+        return self._install_done is not None
+
+    async def wait_install(self) -> None:
+        """Wait until no snapshot install is running. A read on the event loop that
+        starts after this returns, with no await in between, never overlaps one."""
+        while self._install_done is not None:
+            await asyncio.shield(self._install_done)
+
+    async def read_in_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (a read of state.db) on a worker thread, never during a snapshot
+        install: the install waits for it, and it waits for the install."""
+        await self.wait_install()
+        self._thread_reads += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn)
+        finally:
+            self._thread_reads -= 1
+            idle = self._thread_reads_idle
+            if not self._thread_reads and idle is not None and not idle.done():
+                idle.set_result(None)
 
     async def _await_read(self, ctx: int, timeout_s: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -699,12 +738,19 @@ class Replica:
                     self._applying = False
                 continue
             if isinstance(item, InstallItem):
+                installing = self._install_done = loop.create_future()
                 try:
+                    while self._thread_reads:  # (reads on other threads finish first)
+                        self._thread_reads_idle = loop.create_future()
+                        await self._thread_reads_idle
                     self.state = await loop.run_in_executor(
                         self._sm_io, self.snapshotter.install_sync, item)
                 except BaseException as e:
                     item.done.set_exception(e)
                     raise
+                finally:
+                    self._install_done = None
+                    installing.set_result(None)
                 self.applied_index = item.snap.index
                 item.done.set_result(None)
                 self._release_reads(self.applied_index)

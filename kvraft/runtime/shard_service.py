@@ -73,7 +73,7 @@ class ShardServiceMixin:
     def _group_status(self, gid: int, r: Replica) -> dict[str, Any]:
         doc = r.status()
         st = getattr(r, "state", None)
-        if isinstance(st, StateStore) and r.core is not None:
+        if isinstance(st, StateStore) and r.core is not None and not r.installing:
             view = st.view()
             if view is not None:
                 doc["shards"] = view.view()
@@ -96,8 +96,8 @@ class ShardServiceMixin:
         r = await self._route(start, num)  # type: ignore[attr-defined]
         await r.read_barrier(timeout_s=timeout_s, follower=follower)
         try:
-            items, range_end, gnum = await asyncio.get_running_loop().run_in_executor(
-                None, self._data(r.group_id).scan_owned, start, end, limit)
+            items, range_end, gnum = await r.read_in_thread(
+                lambda: self._data(r.group_id).scan_owned(start, end, limit))
         except NotOwned as e:
             raise await self._wrong_group(start, e.num, r.group_id) from None  # type: ignore[attr-defined]
         return {"items": [list(kv) for kv in items], "range_end": range_end, "num": gnum,

@@ -15,8 +15,9 @@ Writes may carry a client session in headers (``X-Kvraft-Client``, ``X-Kvraft-Se
 leader answers ``307`` with the leader's URL in ``Location`` (``curl -L`` follows it)
 and in the JSON body. Reads are linearizable either way: with ``?read=follower`` a
 follower (or learner) of the key's group serves the read itself, once its leader has
-confirmed a read index with a quorum round and the follower has applied that far; it
-redirects only when it knows no leader or its leader refused. Every error has a JSON body ``{"error": code, "message": ...}``;
+confirmed a read index (with a quorum round, or under its lease) and the follower has
+applied that far; it redirects only when it knows no leader or its leader refused.
+Every error has a JSON body ``{"error": code, "message": ...}``;
 all exceptions are mapped to status codes in :func:`error_response`, and nothing a
 client sends can crash the node.
 """
