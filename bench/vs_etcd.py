@@ -123,7 +123,7 @@ class Runner:
                          "loadgen_http.py")
             addrs = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
             self.clients(system, rnd, [self.a.kvraft_python, str(HERE / "client_load.py"),
-                                       "--addr", addrs],
+                                       "--addr", addrs, *self.a.client_args.split()],
                          [("sync", 1), ("sync", 16), ("async", 1), ("async", 64)])
         finally:
             sh("bash", cl, "stop", env=env)
@@ -235,6 +235,8 @@ def main() -> None:
     ap.add_argument("--loadgen-python", default=sys.executable, help="aiohttp + uvloop")
     ap.add_argument("--etcd3-python", default="/tmp/etcd3venv/bin/python")
     ap.add_argument("--kvraft-args", default="", help="extra `kvraft serve` arguments")
+    ap.add_argument("--client-args", default="",
+                    help="extra bench/client_load.py arguments (e.g. '--read-from any')")
     ap.add_argument("--out", default="/tmp/kvraft-vs-etcd.jsonl")
     ap.add_argument("--png", default="", help="write the latency chart here")
     ap.add_argument("--report-only", action="store_true", help="tabulate --out again")
