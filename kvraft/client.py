@@ -510,8 +510,8 @@ class AsyncClient:
             if redirect is not None:
                 addr, redirect = redirect, None  # where the last answer sent us
             elif spread:
-                # A follower read: any member serves it (one of the others than the
-                # leader we know, with "follower").
+                # A follower read: any member serves it ("follower": any but the
+                # leader we know of).
                 pool = [m for m in members if m != addr] if self.read_from == "follower" else []
                 pool = pool or members
                 addr = pool[next(self._rr) % len(pool)]
