@@ -24,7 +24,8 @@ def test_round_trip() -> None:
 
 
 @pytest.mark.parametrize("raw", [
-    b"", b"\xc1", msgpack.packb([2, 1, []]), msgpack.packb([1, 1, [[99] * 12]]),
+    b"", b"\xc1", msgpack.packb([2, 1, []]), msgpack.packb([1, 1, [[99] * 11]]),
+    msgpack.packb([1, 1, [[-1] * 12]]),
     msgpack.packb([1, 1, [[5, 1, 2, 3, 0, 0, 0, False, 0, 0, [[1, 1, 0, "str"]], None]]]),
     msgpack.packb({"a": 1}), msgpack.packb([1, "g", []]),
     msgpack.packb([1, 1, [[9, 1, 2, 3, 0, 0, 0, False, 0, 0, [], [1, 1, 5, []]]]]),
@@ -32,6 +33,19 @@ def test_round_trip() -> None:
 def test_malformed_frames(raw: bytes) -> None:
     with pytest.raises(WireError):
         decode_frame(raw)
+
+
+def test_a_message_of_a_newer_type_is_skipped_not_the_frame() -> None:
+    """A message type a newer version added is dropped alone (as a lost message), so a
+    rolling upgrade costs that message, not the appends in the same frame."""
+    ok = Message(MsgType.APP_RESP, to=1, frm=2, term=3, index=7)
+    frame = msgpack.unpackb(encode_frame(7, [ok, ok]))
+    frame[2][1] = [99, 1, 2, 3, 0, 0, 0, False, 0, 0, [], None]
+    assert decode_frame(msgpack.packb(frame)) == (7, [ok])
+    # Malformed in any other way, it still refuses the frame.
+    frame[2][1] = [99, 1, 2, 3, 0, 0, 0, False, 0, 0]
+    with pytest.raises(WireError):
+        decode_frame(msgpack.packb(frame))
 
 
 @settings(max_examples=300, deadline=None)

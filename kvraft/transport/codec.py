@@ -100,4 +100,15 @@ def decode_frame(data: bytes, max_items: int = 200_000) -> tuple[int, list[Messa
         raise WireError(f"unsupported wire version {version!r}")
     if not isinstance(msgs, list):
         raise WireError("messages is not a list")
-    return _int(group), [_dec_msg(m) for m in msgs]
+    return _int(group), [_dec_msg(m) for m in msgs if not _newer_type(m)]
+
+
+_KNOWN_TYPES = frozenset(int(t) for t in MsgType)
+
+
+def _newer_type(raw: Any) -> bool:
+    """A well-formed message of a type this version does not know (one a newer version
+    added) is skipped, as if lost, so that the rest of its frame still counts: a node
+    sent a new request during a rolling upgrade costs one message, not a whole frame."""
+    return (isinstance(raw, list) and len(raw) == 12 and type(raw[0]) is int
+            and 0 <= raw[0] < MAX_WIRE_INT and raw[0] not in _KNOWN_TYPES)
