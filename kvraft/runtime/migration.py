@@ -38,6 +38,7 @@ from kvraft.kv.shards import KEYS, Outgoing, Pull
 from kvraft.raft import Role
 from kvraft.runtime.peers import GroupCaller
 from kvraft.storage.statedb import StateStore
+from kvraft.transport.aio import raise_if_cancelled
 
 if TYPE_CHECKING:
     from kvraft.runtime.replica import Replica
@@ -140,7 +141,9 @@ class ShardDriver:
     async def run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.s.poll_interval_s)
+                async with asyncio.timeout(self.s.poll_interval_s):
+                    await self._wake.wait()
+            raise_if_cancelled()
             self._wake.clear()
             if self.r.soft.role != Role.LEADER or self.r.failed.done():
                 continue

@@ -51,6 +51,7 @@ from kvraft.storage.ports import MachineStore
 from kvraft.storage.snapshots import LocalSnapshot
 from kvraft.storage.statedb import NotOwned, StateStore
 from kvraft.transport.admin import AdminAPI
+from kvraft.transport.aio import raise_if_cancelled
 from kvraft.transport.auth import Guard
 from kvraft.transport.client_stream import ClientStreamAPI
 from kvraft.transport.http_api import ClientAPI
@@ -267,6 +268,7 @@ class Node(ShardServiceMixin, MembershipMixin):
         """Keep the routing view of the configuration fresh (a hint; groups poll too),
         and the controller's list of each led group's voters true to the group."""
         while True:
+            raise_if_cancelled()
             await self.configs.refresh()
             with contextlib.suppress(errors.KvraftError):
                 await self._refresh_tokens()

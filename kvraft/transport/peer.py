@@ -29,6 +29,7 @@ from aiohttp import web
 from kvraft.config import Limits
 from kvraft.raft.types import Message
 from kvraft.transport import tls as tlsmod
+from kvraft.transport.aio import raise_if_cancelled
 from kvraft.transport.auth import SECRET_HEADER
 from kvraft.transport.codec import WireError, decode_frame, encode_frame
 
@@ -111,6 +112,7 @@ class _PeerLink:
                 log.debug("link to %s (%s) failed: %s", self.peer, self.addr, e)
             self.connected = False
             self._drop_queue()
+            raise_if_cancelled()  # (a cancellation swallowed on the way: stop all the same)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.5)
 
@@ -128,10 +130,10 @@ class _PeerLink:
         headers = {SECRET_HEADER: self.t.secret, NODE_HEADER: str(self.t.node_id)}
         if self.t.listen:
             headers[ADDR_HEADER] = self.t.listen
-        ws = await asyncio.wait_for(
-            session.ws_connect(tlsmod.url(self.t.tls, self.addr, STREAM_PATH), headers=headers,
-                               heartbeat=2.0, max_msg_size=self.t.limits.peer_max_frame_bytes),
-            self.t.connect_timeout_s)
+        async with asyncio.timeout(self.t.connect_timeout_s):
+            ws = await session.ws_connect(
+                tlsmod.url(self.t.tls, self.addr, STREAM_PATH), headers=headers,
+                heartbeat=2.0, max_msg_size=self.t.limits.peer_max_frame_bytes)
         async with ws:
             self.connected = True
             reader = asyncio.get_running_loop().create_task(self._watch_close(ws))
