@@ -626,6 +626,7 @@ class Replica:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         late = rd.messages
+        notices: list[Message] = []
         if any(m.type == MsgType.SNAP for m in late):
             for m in late:
                 if m.type == MsgType.SNAP:
@@ -638,6 +639,10 @@ class Replica:
             # itself; it counts its own copy only once durable (RaftCore.advance).
             early, late = early_messages(Ready(hard_state=rd.hard_state, messages=late),
                                          self.soft.role)
+            if early and rd.committed and not rd.entries and rd.hard_state is None and all(
+                    m.type == MsgType.APP and not m.entries for m in early):
+                # Only the news of a commit: the proposers' answers go first (below).
+                notices, early = early, []
             if early:
                 self._send(self.group_id, early)
                 # Let the peer links write them before the log thread takes the GIL for
@@ -661,9 +666,17 @@ class Replica:
                     and sum(len(e.data) for e in rd.committed)
                     <= self.settings.inline_apply_max_bytes):
                 self._applied(rd.committed, self.state.apply_batch(rd.committed))
+                if notices:
+                    # A leader tells its followers of the commit once the answers it
+                    # completed are written: the proposer's task takes its result in
+                    # the next loop turn, a stream's writer sends it in the one after.
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
             else:
                 self._apply_items.append(rd.committed)
                 self._apply_wake.set()
+        if notices:
+            self._send(self.group_id, notices)
         core.advance(rd)
         if core.conf is not self._seen_conf:
             self._seen_conf = core.conf
