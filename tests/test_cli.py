@@ -76,7 +76,8 @@ def test_up_ops_status_bench_and_restart(tmp_path: Path) -> None:
         assert st.returncode == 0 and "leader is node" in st.stdout, st.stdout
         docs = json.loads(_kvraft("status", "--json", "--addr", addrs, data=data).stdout)
         leaders: dict[str, int] = {}
-        assert all("groups" in d for d in docs.values()), docs
+        assert all("groups" in d for d in docs.values()), {
+            a: d for a, d in docs.items() if "groups" not in d}
         for d in docs.values():
             for gid, g in d["groups"].items():
                 leaders[gid] = leaders.get(gid, 0) + (g["role"] == "leader")
