@@ -201,8 +201,10 @@ def test_replacement_node_restored_from_s3_catches_up(tmp_path: Path, s3: MotoSe
             assert r.returncode != 0 and f"node {victim} is a voter" in r.stderr, r.stderr
             # ...a new id does: restore, start with --join, add (learner, then voter).
             new = c.new_node(via=lead, start=False)
+            # (--index: the leader's first periodic upload, 10 s after it started, may have
+            # put a newer snapshot in S3 meanwhile on a slow machine)
             r = _kvraft(s3, "restore", *_s3_args(s3, "replace"), "--id", str(new),
-                        "--data-dir", str(c.data_dir(new)))
+                        "--data-dir", str(c.data_dir(new)), "--index", str(backup_index))
             assert r.returncode == 0, r.stderr
             assert "serve --join" in r.stdout, r.stdout
             c.start_node(new)
