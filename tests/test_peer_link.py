@@ -50,19 +50,21 @@ async def test_a_link_whose_cancellation_turns_into_an_error_still_stops(
 async def test_raise_if_cancelled_only_after_a_cancel_request() -> None:
     raise_if_cancelled()  # (not cancelled: nothing happens)
     turns = 0
+    waiting = asyncio.Event()
 
     async def loop_forever() -> None:
         nonlocal turns
         while True:
             try:
-                await asyncio.sleep(3600)
+                waiting.set()
+                await asyncio.Event().wait()  # (until cancelled)
             except asyncio.CancelledError:
                 pass  # swallowed, as a racing wait_for may
             turns += 1
             raise_if_cancelled()
 
     task = asyncio.get_running_loop().create_task(loop_forever())
-    await asyncio.sleep(0)
+    await waiting.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         async with asyncio.timeout(30):
