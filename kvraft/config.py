@@ -337,6 +337,7 @@ SERVE_SETTINGS: tuple[Setting, ...] = (
     _node("s3_region", "backup.region", "AWS_REGION"),
     _node("cluster_name", "backup.cluster", "KVRAFT_CLUSTER"),
     _node("backup_interval_s", "backup.interval_s"),
+    _node("backup_retry_s", "backup.retry_s"),
     _node("backup_keep", "backup.keep"),
     _node("shard_poll_interval_s", "shard.poll_interval_s"),
     _node("shard_chunk_bytes", "shard.chunk_bytes"),

@@ -29,13 +29,17 @@ def s3() -> Iterator[MotoServer]:
 
 
 def _cluster(root: Path, s3: MotoServer, name: str, interval_s: float = 3600,
-             snapshot_entries: int = 200, catchup_entries: int | None = None) -> LocalCluster:
+             snapshot_entries: int = 200, catchup_entries: int | None = None,
+             first_upload_s: float | None = None) -> LocalCluster:
+    """``first_upload_s``: when the leader's first periodic upload comes (the node's
+    default, 10 s after it starts, unless given)."""
     catchup = [] if catchup_entries is None else [
         "--snapshot-catchup-entries", str(catchup_entries)]
+    first = [] if first_upload_s is None else ["--backup-retry-s", str(first_upload_s)]
     return LocalCluster(root, nodes=3, env=s3.env(os.environ), extra_args=[
         "--snapshot-entries", str(snapshot_entries), *catchup, "--s3-bucket", BUCKET,
         "--s3-endpoint-url", s3.endpoint_url, "--cluster-name", name, "--backup-interval-s",
-        str(interval_s)])
+        str(interval_s), *first])
 
 
 def _kvraft(s3: MotoServer, *args: str, secret: str | None = None
@@ -169,7 +173,11 @@ def test_replacement_node_restored_from_s3_catches_up(tmp_path: Path, s3: MotoSe
     # the live logs so they no longer hold the early entries, while the 100 writes made
     # after it are too few for another snapshot, so the log still covers what a node
     # restored at the backup's index lacks.
-    c = _cluster(tmp_path / "c", s3, "replace", snapshot_entries=250, catchup_entries=50)
+    # No periodic upload: it would take a snapshot past the backup's, and the live logs
+    # would then no longer reach down to the backup (seen on a loaded machine, where the
+    # first periodic upload, 10 s after the start by default, came after the backup).
+    c = _cluster(tmp_path / "c", s3, "replace", snapshot_entries=250, catchup_entries=50,
+                 first_upload_s=3600)
     c.start()
     try:
         lead = c.wait_for_leader()
@@ -201,8 +209,6 @@ def test_replacement_node_restored_from_s3_catches_up(tmp_path: Path, s3: MotoSe
             assert r.returncode != 0 and f"node {victim} is a voter" in r.stderr, r.stderr
             # ...a new id does: restore, start with --join, add (learner, then voter).
             new = c.new_node(via=lead, start=False)
-            # (--index: the leader's first periodic upload, 10 s after it started, may have
-            # put a newer snapshot in S3 meanwhile on a slow machine)
             r = _kvraft(s3, "restore", *_s3_args(s3, "replace"), "--id", str(new),
                         "--data-dir", str(c.data_dir(new)), "--index", str(backup_index))
             assert r.returncode == 0, r.stderr
