@@ -252,7 +252,7 @@ def test_checkers_catch_a_leader_answering_without_a_quorum_round(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(roles, "_leader_read_index", _answer_at_once)
     failed = []
-    for seed in (1, 3, 22, 31):
+    for seed in (1, 13, 16, 19):
         print(f"seed={seed} check_quorum=False")
         r = run_seed(seed, 3, 600, follower_reads=0.5, check_quorum=False, **NO_SNAPSHOTS)
         print(r.error)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from kvraft.raft.errors import NotLeader
 from kvraft.raft.progress import ProgressState
 from kvraft.raft.quorum import VoteResult, committed_index
-from kvraft.raft.types import NONE, Entry, Message, MsgType, Role
+from kvraft.raft.types import APP_QUIET, NONE, Entry, Message, MsgType, Role
 
 if TYPE_CHECKING:
     from kvraft.raft.core import RaftCore
@@ -256,6 +256,8 @@ def _handle_append(r: RaftCore, m: Message) -> None:
     if last_new is not None:
         if m.entries:
             r.note_entries(m.entries)
+        elif m.hint == APP_QUIET:
+            return  # (the news of a commit: the leader knows all an answer would say)
         r.send(Message(MsgType.APP_RESP, to=m.frm, frm=r.id, term=r.term,
                        index=last_new, ctx=m.ctx))
         return
@@ -386,8 +388,15 @@ def send_append(r: RaftCore, to: int, *, send_if_empty: bool = True) -> bool:
             pr.probe_sent = True
     elif pr.state == ProgressState.PROBE:
         pr.probe_sent = True
+    # An append with nothing new for a follower that acknowledged all it was sent (every
+    # entry, the latest read round) only tells it of a commit: an answer could repeat
+    # only what the leader knows, so it asks for none unless the follower rejects it (a
+    # lost answer or entry since is found by the next heartbeat: HEARTBEAT_RESP).
+    quiet = (not entries and pr.state == ProgressState.REPLICATE and pr.match == prev
+             and pr.read_ack >= r.read_seq)
     r.send(Message(MsgType.APP, to=to, frm=r.id, term=r.term, index=prev, log_term=prev_term,
-                   commit=r.log.committed, ctx=r.read_seq, entries=entries))
+                   commit=r.log.committed, ctx=r.read_seq, entries=entries,
+                   hint=APP_QUIET if quiet else 0))
     return True
 
 

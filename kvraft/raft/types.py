@@ -116,6 +116,12 @@ class MsgType(IntEnum):
     READ_INDEX_RESP = 12
 
 
+APP_QUIET = 1
+"""``Message.hint`` of an ``APP`` that wants an answer only if it is rejected: the news
+of a commit to a follower that has acknowledged every entry and read round sent to it.
+A node of an older version ignores it and answers, as it did before."""
+
+
 @dataclass(slots=True)
 class Message:
     """A Raft message between two replicas of one group.
@@ -124,6 +130,9 @@ class Message:
 
     - ``APP``: ``index``/``log_term`` identify the entry preceding ``entries``;
       ``commit`` is the leader's commit index; ``ctx`` is the leader's read sequence.
+      ``hint`` = :data:`APP_QUIET` marks an append without entries whose answer could
+      only repeat what the leader knows (see ``roles.send_append``): the follower
+      answers it only to reject it.
     - ``APP_RESP``: ``index`` is the last index the follower now matches (success) or the
       rejected ``index`` (``reject``), with ``hint``/``log_term`` for fast backtracking;
       ``ctx`` echoes the request's.

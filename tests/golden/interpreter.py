@@ -31,6 +31,8 @@ carried entries, in a MsgVote/MsgPreVote the candidate's last entry. A rejected
 MsgAppResp prints ``Index`` (the rejected prev index) and ``Hint:t/i`` (the follower's
 guess of the last entry that may match). ``ReadSeq`` is the leader's read sequence
 carried by MsgApp/MsgHeartbeat and echoed by their responses (ReadIndex rounds).
+``Quiet`` marks a MsgApp that wants an answer only if the follower rejects it (the news
+of a commit to a follower that acknowledged everything it was sent).
 
 Commands
 ========
@@ -121,6 +123,7 @@ from kvraft.raft import (
 )
 from kvraft.raft.progress import ProgressState
 from kvraft.raft.roles import CAMPAIGN_TRANSFER
+from kvraft.raft.types import APP_QUIET
 
 MAX_STABILIZE_ROUNDS = 500
 ALWAYS_SHOWN = ("error:", "SAFETY VIOLATION")
@@ -193,6 +196,8 @@ def describe_message(m: Message) -> list[str]:
     t = m.type
     if t == MsgType.APP:
         head += f" Log:{m.log_term}/{m.index} Commit:{m.commit}"
+        if m.hint == APP_QUIET:
+            head += " Quiet"
     elif t == MsgType.APP_RESP:
         head += f" Index:{m.index}"
         if m.reject:
